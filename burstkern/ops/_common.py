@@ -1,0 +1,132 @@
+"""Shared plumbing of every op: backend dispatch with NVTX, reference backward by VJP, argument checks.
+
+Each op folder (``burstkern/ops/<op>/``) holds ``reference.py`` (the spec, plain PyTorch), ``triton.py``
+(kernels + launchers) and ``op.py`` (the public function, its ``torch.library`` registration, fake impl
+and autograd). Everything they share lives here once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..backend import resolve as _resolve
+from .. import profiling as _profiling
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def call(op: str, device: torch.device, *args):
+    """Run the kernel the active backend picks for ``op`` on ``device``, inside an NVTX range."""
+    name, fn = _resolve(op, device)
+    if _profiling._enabled:
+        with _profiling.nvtx_range(f"{op}[{name}]"):
+            return fn(*args)
+    return fn(*args)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the math runs in: fp64 stays fp64, everything else computes in fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last when ``x`` is (and is not also plain contiguous), else contiguous.
+
+    Real kernels and fake impls both lay outputs out by this rule, so their strides always agree.
+    """
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def empty_like_format(x: torch.Tensor, shape=None, dtype=None, fmt=None) -> torch.Tensor:
+    shape = tuple(x.shape) if shape is None else tuple(shape)
+    fmt = memory_format_of(x) if fmt is None else fmt
+    if len(shape) != 4:
+        fmt = torch.contiguous_format
+    return torch.empty(shape, dtype=dtype or x.dtype, device=x.device, memory_format=fmt)
+
+
+def to_format(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    if t.dim() != 4:
+        return t.contiguous()
+    return t.contiguous(memory_format=fmt)
+
+
+def match_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` laid out as ``like`` (the tensor a fake impl allocated for it); empty placeholders pass through."""
+    if t.numel() == 0 and like.numel() == 0:
+        return like if t.shape != like.shape else t
+    return to_format(t, memory_format_of(like))
+
+
+def empty_grad(ref: torch.Tensor) -> torch.Tensor:
+    """Placeholder returned by backward ops for an absent optional input (custom ops cannot return None)."""
+    return ref.new_empty((0,))
+
+
+def vjp_backward(forward: Callable, diff_argnums: Sequence[int]) -> Callable:
+    """A reference backward derived from a reference forward by ``torch.func.vjp``.
+
+    The returned ``backward(grad_outputs, *inputs)`` differentiates ``forward(*inputs)`` with respect to the
+    positional inputs ``diff_argnums`` and returns one gradient per entry (an empty placeholder where that
+    input is ``None``). Being the exact derivative of the spec, it is what the fused backward kernels are
+    tested against.
+    """
+
+    def backward(grad_outputs: Sequence[Optional[torch.Tensor]], *inputs):
+        present = [i for i in diff_argnums if isinstance(inputs[i], torch.Tensor)]
+
+        def f(*diff_args):
+            args = list(inputs)
+            for i, a in zip(present, diff_args):
+                args[i] = a
+            out = forward(*args)
+            return out if isinstance(out, tuple) else (out,)
+
+        outs, pullback = torch.func.vjp(f, *[inputs[i] for i in present])
+        cot = tuple(torch.zeros_like(o) if g is None else g.to(o.dtype) for o, g in zip(outs, grad_outputs))
+        grads = dict(zip(present, pullback(cot)))
+        ref = outs[0]
+        return tuple(grads[i].to(inputs[i].dtype) if i in grads else empty_grad(ref) for i in diff_argnums)
+
+    return backward
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks: every message names the argument, what it got and what was expected
+# ----------------------------------------------------------------------------------------------
+def describe(t) -> str:
+    if not isinstance(t, torch.Tensor):
+        return f"{type(t).__name__}"
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+
+
+def check_tensor(name: str, t, *, ndim: Optional[int] = None, floating: bool = True) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D tensor, got {describe(t)}")
+    if floating and t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {describe(t)}")
+    return t
+
+
+def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor, *, dtype: bool = True) -> None:
+    if t.device != ref.device:
+        raise RuntimeError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; "
+                           f"expected all tensors on one device ({name}: {describe(t)})")
+    if dtype and t.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; expected the same dtype "
+                        f"({name}: {describe(t)})")
+
+
+def pair(name: str, v) -> tuple:
+    """An int or a pair of ints, as a pair."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v, v)
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v):
+        return (int(v[0]), int(v[1]))
+    raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")

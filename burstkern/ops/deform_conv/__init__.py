@@ -1,0 +1,3 @@
+from .op import deform_conv2d
+
+__all__ = ["deform_conv2d"]

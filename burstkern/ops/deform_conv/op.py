@@ -1,0 +1,180 @@
+"""``burstkern.ops.deform_conv2d``: public function, ``torch.library`` registration, fake impl, autograd.
+
+Two ops: ``burstkern::deform_conv2d`` and its backward ``burstkern::deform_conv2d_backward`` (an op of its
+own so the backward stays traceable by torch.compile). Each resolves its kernel from the backend registry
+at run time; the reference kernels are registered here, the Triton and CUDA ones by their own modules.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _common as C
+from ...backend import register_kernel
+from . import reference
+
+OP = "deform_conv2d"
+OP_BWD = "deform_conv2d_backward"
+
+
+# ----------------------------------------------------------------------------------------------
+# the ops
+# ----------------------------------------------------------------------------------------------
+@torch.library.custom_op("burstkern::deform_conv2d", mutates_args=())
+def _deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor], stride_h: int,
+                   stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
+                   mask: Optional[Tensor]) -> Tensor:
+    return C.call(OP, input.device, input, offset, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                  mask)
+
+
+@_deform_conv2d.register_fake
+def _(input, offset, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, mask):
+    shape = (input.shape[0], weight.shape[0], offset.shape[2], offset.shape[3])
+    return C.empty_like_format(input, shape)
+
+
+@torch.library.custom_op("burstkern::deform_conv2d_backward", mutates_args=())
+def _deform_conv2d_backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor],
+                            stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
+                            mask: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns (grad_input, grad_offset, grad_weight, grad_bias, grad_mask); empty where the input is None."""
+    return C.call(OP_BWD, input.device, grad, input, offset, weight, bias, stride_h, stride_w, pad_h, pad_w,
+                  dil_h, dil_w, mask)
+
+
+def _backward_layouts(input, offset, weight, bias, mask):
+    return (
+        C.empty_like_format(input),
+        C.empty_like_format(offset, fmt=C.memory_format_of(input)),
+        torch.empty_like(weight, memory_format=torch.contiguous_format),
+        C.empty_grad(input) if bias is None else torch.empty_like(bias, memory_format=torch.contiguous_format),
+        C.empty_grad(input) if mask is None else C.empty_like_format(mask, fmt=C.memory_format_of(input)),
+    )
+
+
+@_deform_conv2d_backward.register_fake
+def _(grad, input, offset, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, mask):
+    return _backward_layouts(input, offset, weight, bias, mask)
+
+
+def _setup_context(ctx, inputs, output):
+    input, offset, weight, bias, *ints, mask = inputs
+    ctx.save_for_backward(input, offset, weight, bias, mask)
+    ctx.ints = ints
+
+
+def _autograd_backward(ctx, grad):
+    input, offset, weight, bias, mask = ctx.saved_tensors
+    gi, go, gw, gb, gm = _deform_conv2d_backward(grad, input, offset, weight, bias, *ctx.ints, mask)
+    return gi, go, gw, (None if bias is None else gb), None, None, None, None, None, None, (
+        None if mask is None else gm)
+
+
+_deform_conv2d.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# reference kernels
+# ----------------------------------------------------------------------------------------------
+@register_kernel(OP, "reference")
+def _reference_forward(input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask):
+    out = reference.deform_conv2d(input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask)
+    return C.to_format(out, C.memory_format_of(input))
+
+
+_reference_vjp = C.vjp_backward(reference.deform_conv2d, diff_argnums=(0, 1, 2, 3, 10))
+
+
+@register_kernel(OP_BWD, "reference")
+def _reference_backward(grad, input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask):
+    grads = _reference_vjp((grad,), input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask)
+    layouts = _backward_layouts(input, offset, weight, bias, mask)
+    return tuple(C.match_layout(g, lay) for g, lay in zip(grads, layouts))
+
+
+# ----------------------------------------------------------------------------------------------
+# public function
+# ----------------------------------------------------------------------------------------------
+def check_args(input, offset, weight, bias, stride, padding, dilation, mask):
+    """Validate ``deform_conv2d`` arguments; returns (stride, padding, dilation) as pairs."""
+    C.check_tensor("input", input, ndim=4)
+    C.check_tensor("offset", offset, ndim=4)
+    C.check_tensor("weight", weight, ndim=4)
+    C.check_same("offset", offset, "input", input)
+    C.check_same("weight", weight, "input", input)
+    stride, padding, dilation = C.pair("stride", stride), C.pair("padding", padding), C.pair("dilation", dilation)
+    if min(stride) < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if min(padding) < 0:
+        raise ValueError(f"padding must be >= 0, got {padding}")
+    if min(dilation) < 1:
+        raise ValueError(f"dilation must be >= 1, got {dilation}")
+    n, cin, h, w = input.shape
+    cout, cin_g, kh, kw = weight.shape
+    if cin_g < 1 or cin % cin_g != 0:
+        raise ValueError(f"weight has {cin_g} input channels per group, which does not divide input's {cin} "
+                         f"channels (input: {C.describe(input)}, weight: {C.describe(weight)})")
+    groups = cin // cin_g
+    if cout % groups != 0:
+        raise ValueError(f"weight's {cout} output channels are not divisible by the {groups} groups implied by "
+                         f"input ({cin} channels) and weight ({cin_g} per group)")
+    k = kh * kw
+    if offset.shape[1] == 0 or offset.shape[1] % (2 * k) != 0:
+        raise ValueError(f"offset must have 2*offset_groups*kh*kw = a multiple of {2 * k} channels, got "
+                         f"{C.describe(offset)}")
+    og = offset.shape[1] // (2 * k)
+    if cin % og != 0:
+        raise ValueError(f"input's {cin} channels are not divisible by the {og} offset groups implied by offset "
+                         f"({C.describe(offset)})")
+    ho, wo = reference.output_size(h, w, kh, kw, stride, padding, dilation)
+    if ho < 1 or wo < 1:
+        raise ValueError(f"the output would be empty ({ho}x{wo}) for input {C.describe(input)}, kernel {kh}x{kw}, "
+                         f"stride {stride}, padding {padding}, dilation {dilation}")
+    if tuple(offset.shape) != (n, 2 * og * k, ho, wo):
+        raise ValueError(f"offset must have shape {(n, 2 * og * k, ho, wo)} (batch, 2*og*kh*kw, Ho, Wo), got "
+                         f"{C.describe(offset)}")
+    if bias is not None:
+        C.check_tensor("bias", bias, ndim=1)
+        C.check_same("bias", bias, "input", input)
+        if bias.shape[0] != cout:
+            raise ValueError(f"bias must have shape ({cout},), got {C.describe(bias)}")
+    if mask is not None:
+        C.check_tensor("mask", mask, ndim=4)
+        C.check_same("mask", mask, "input", input)
+        if tuple(mask.shape) != (n, og * k, ho, wo):
+            raise ValueError(f"mask must have shape {(n, og * k, ho, wo)} (batch, og*kh*kw, Ho, Wo), got "
+                             f"{C.describe(mask)}")
+    return stride, padding, dilation
+
+
+def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                  stride=(1, 1), padding=(0, 0), dilation=(1, 1), mask: Optional[Tensor] = None) -> Tensor:
+    """Modulated deformable convolution (DCNv2), a drop-in for ``torchvision.ops.deform_conv2d``.
+
+    Args:
+        input: ``[N, Cin, H, W]``; N is typically batch x burst frames, all aligned in one call.
+        offset: ``[N, 2*og*kh*kw, Ho, Wo]``, per offset group and tap the pair (dy, dx).
+        weight: ``[Cout, Cin/groups, kh, kw]`` (weight groups are inferred).
+        bias: ``[Cout]`` or None.
+        stride, padding, dilation: int or (h, w).
+        mask: ``[N, og*kh*kw, Ho, Wo]`` modulation, or None (DCNv1).
+
+    Returns:
+        ``[N, Cout, Ho, Wo]``, channels_last when ``input`` is. fp16/bf16 compute in fp32.
+
+    Example::
+
+        >>> x = torch.randn(8, 64, 96, 96)
+        >>> off = torch.randn(8, 2 * 8 * 9, 96, 96)
+        >>> m = torch.rand(8, 8 * 9, 96, 96)
+        >>> w = torch.randn(64, 64, 3, 3)
+        >>> deform_conv2d(x, off, w, padding=1, mask=m).shape
+        torch.Size([8, 64, 96, 96])
+    """
+    stride, padding, dilation = check_args(input, offset, weight, bias, stride, padding, dilation, mask)
+    return _deform_conv2d(input, offset, weight, bias, stride[0], stride[1], padding[0], padding[1], dilation[0],
+                          dilation[1], mask)

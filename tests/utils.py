@@ -1,0 +1,51 @@
+"""Helpers shared by the tests: error norms, tolerances, which backends can run where."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import burstkern
+from burstkern.backend import backend_available
+
+# Relative-norm tolerances against an fp64 reference, by the dtype the kernel ran in.
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in fp64; NaN/inf anywhere in ``out`` is an infinite error."""
+    out64, ref64 = out.detach().to(torch.float64).cpu(), ref.detach().to(torch.float64).cpu()
+    if not torch.isfinite(out64).all():
+        return float("inf")
+    den = ref64.norm().item()
+    num = (out64 - ref64).norm().item()
+    return num / den if den > 0 else num
+
+
+def assert_rel_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str = "", scale: float = 1.0):
+    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
+    err = rel_err(out, ref)
+    tol = TOL[dtype] * scale
+    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e} ({dtype})"
+
+
+def devices():
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def fused_backends(op: str, device: str):
+    """The non-reference backends that can run ``op`` on ``device`` here (skips listed with their reason)."""
+    params = []
+    for name in ("triton", "cuda"):
+        ok, why = backend_available(name, device, op)
+        params.append(pytest.param(name, marks=() if ok else pytest.mark.skip(reason=why)))
+    return params
+
+
+def poison_(t: torch.Tensor) -> torch.Tensor:
+    """Fill with NaN so an element a kernel forgot to write shows up as an infinite error."""
+    return t.fill_(float("nan"))
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
