@@ -1,0 +1,337 @@
+"""``burstkern.ops.sft_modulate`` / ``sft_group_norm``: public functions, ``torch.library`` ops, autograd.
+
+Four ops: ``burstkern::sft_modulate`` and ``burstkern::sft_group_norm`` and their backwards (ops of their own so
+the backward stays traceable by torch.compile). ``sft_group_norm`` also returns the per-(sample, group) mean and
+rstd, which autograd saves with x so the fused backward recomputes the normalised tensor instead of storing
+it. Each op resolves its kernel from the backend registry at run time; the reference kernels are registered
+here, the Triton ones by ``triton.py``.
+"""
+
+from __future__ import annotations
+
+from numbers import Real
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import _common as C
+from ...backend import register_kernel
+from . import reference
+from .reference import ACT_CODES
+
+OP_MOD = "sft_modulate"
+OP_MOD_BWD = "sft_modulate_backward"
+OP_GN = "sft_group_norm"
+OP_GN_BWD = "sft_group_norm_backward"
+
+DEFAULT_LEAKY_SLOPE = 0.01
+
+
+# ----------------------------------------------------------------------------------------------
+# output layouts: one rule for real kernels and fake impls (channels_last in -> channels_last out)
+# ----------------------------------------------------------------------------------------------
+def _like_x(x: Tensor, t: Optional[Tensor]) -> Tensor:
+    """A gradient buffer of ``t``'s shape and dtype laid out like x (empty placeholder when t is None)."""
+    if t is None:
+        return C.empty_grad(x)
+    return C.empty_like_format(t, fmt=C.memory_format_of(x))
+
+
+def _param_grad(x: Tensor, t: Optional[Tensor]) -> Tensor:
+    if t is None:
+        return C.empty_grad(x)
+    return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+
+def modulate_grad_layouts(x, gamma, beta):
+    return C.empty_like_format(x), _like_x(x, gamma), _like_x(x, beta)
+
+
+def group_norm_out_layouts(x, num_groups):
+    stat = (x.shape[0], num_groups)
+    cd = C.compute_dtype(x.dtype)
+    return (C.empty_like_format(x), x.new_empty(stat, dtype=cd), x.new_empty(stat, dtype=cd))
+
+
+def group_norm_grad_layouts(x, gamma, beta, weight, bias):
+    return (C.empty_like_format(x), _like_x(x, gamma), _like_x(x, beta), _param_grad(x, weight),
+            _param_grad(x, bias))
+
+
+# ----------------------------------------------------------------------------------------------
+# sft_modulate
+# ----------------------------------------------------------------------------------------------
+@torch.library.custom_op("burstkern::sft_modulate", mutates_args=())
+def _sft_modulate(x: Tensor, gamma: Tensor, beta: Optional[Tensor], act: int, slope: float) -> Tensor:
+    return C.call(OP_MOD, x.device, x, gamma, beta, act, slope)
+
+
+@_sft_modulate.register_fake
+def _(x, gamma, beta, act, slope):
+    return C.empty_like_format(x)
+
+
+@torch.library.custom_op("burstkern::sft_modulate_backward", mutates_args=())
+def _sft_modulate_backward(grad: Tensor, x: Tensor, gamma: Tensor, beta: Optional[Tensor], act: int,
+                           slope: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """Returns (grad_x, grad_gamma, grad_beta); grad_beta is empty when beta is None."""
+    return C.call(OP_MOD_BWD, x.device, grad, x, gamma, beta, act, slope)
+
+
+@_sft_modulate_backward.register_fake
+def _(grad, x, gamma, beta, act, slope):
+    return modulate_grad_layouts(x, gamma, beta)
+
+
+def _mod_setup_context(ctx, inputs, output):
+    x, gamma, beta, act, slope = inputs
+    ctx.save_for_backward(x, gamma, beta)
+    ctx.act, ctx.slope = act, slope
+
+
+def _mod_autograd_backward(ctx, grad):
+    x, gamma, beta = ctx.saved_tensors
+    gx, gg, gb = _sft_modulate_backward(grad, x, gamma, beta, ctx.act, ctx.slope)
+    return gx, gg, (None if beta is None else gb), None, None
+
+
+_sft_modulate.register_autograd(_mod_autograd_backward, setup_context=_mod_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# sft_group_norm
+# ----------------------------------------------------------------------------------------------
+@torch.library.custom_op("burstkern::sft_group_norm", mutates_args=())
+def _sft_group_norm(x: Tensor, gamma: Tensor, beta: Optional[Tensor], num_groups: int, weight: Optional[Tensor],
+                    bias: Optional[Tensor], eps: float, act: int, slope: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """Returns (out, mean [N, G], rstd [N, G]); mean/rstd in fp32 (fp64 for fp64 x)."""
+    return C.call(OP_GN, x.device, x, gamma, beta, num_groups, weight, bias, eps, act, slope)
+
+
+@_sft_group_norm.register_fake
+def _(x, gamma, beta, num_groups, weight, bias, eps, act, slope):
+    return group_norm_out_layouts(x, num_groups)
+
+
+@torch.library.custom_op("burstkern::sft_group_norm_backward", mutates_args=())
+def _sft_group_norm_backward(grad: Tensor, x: Tensor, gamma: Tensor, beta: Optional[Tensor], num_groups: int,
+                             weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, rstd: Tensor,
+                             eps: float, act: int, slope: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns (grad_x, grad_gamma, grad_beta, grad_weight, grad_bias); empty where the input is None."""
+    return C.call(OP_GN_BWD, x.device, grad, x, gamma, beta, num_groups, weight, bias, mean, rstd, eps, act,
+                  slope)
+
+
+@_sft_group_norm_backward.register_fake
+def _(grad, x, gamma, beta, num_groups, weight, bias, mean, rstd, eps, act, slope):
+    return group_norm_grad_layouts(x, gamma, beta, weight, bias)
+
+
+def _gn_setup_context(ctx, inputs, output):
+    x, gamma, beta, num_groups, weight, bias, eps, act, slope = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.save_for_backward(x, gamma, beta, weight, bias, mean, rstd)
+    ctx.num_groups, ctx.eps, ctx.act, ctx.slope = num_groups, eps, act, slope
+
+
+def _gn_autograd_backward(ctx, grad, _grad_mean, _grad_rstd):
+    x, gamma, beta, weight, bias, mean, rstd = ctx.saved_tensors
+    gx, gg, gb, gw, gbias = _sft_group_norm_backward(grad, x, gamma, beta, ctx.num_groups, weight, bias, mean,
+                                                     rstd, ctx.eps, ctx.act, ctx.slope)
+    return (gx, gg, None if beta is None else gb, None, None if weight is None else gw,
+            None if bias is None else gbias, None, None, None)
+
+
+_sft_group_norm.register_autograd(_gn_autograd_backward, setup_context=_gn_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# reference kernels
+# ----------------------------------------------------------------------------------------------
+@register_kernel(OP_MOD, "reference")
+def _reference_modulate(x, gamma, beta, act, slope):
+    return C.to_format(reference.sft_modulate(x, gamma, beta, act, slope), C.memory_format_of(x))
+
+
+_reference_modulate_vjp = C.vjp_backward(reference.sft_modulate, diff_argnums=(0, 1, 2))
+
+
+@register_kernel(OP_MOD_BWD, "reference")
+def _reference_modulate_backward(grad, x, gamma, beta, act, slope):
+    grads = _reference_modulate_vjp((grad,), x, gamma, beta, act, slope)
+    return tuple(C.match_layout(g, lay) for g, lay in zip(grads, modulate_grad_layouts(x, gamma, beta)))
+
+
+@register_kernel(OP_GN, "reference")
+def _reference_group_norm(x, gamma, beta, num_groups, weight, bias, eps, act, slope):
+    out, mean, rstd = reference.sft_group_norm(x, gamma, beta, num_groups, weight, bias, eps, act, slope)
+    return C.to_format(out, C.memory_format_of(x)), mean.contiguous(), rstd.contiguous()
+
+
+_reference_group_norm_vjp = C.vjp_backward(reference.sft_group_norm, diff_argnums=(0, 1, 2, 4, 5))
+
+
+@register_kernel(OP_GN_BWD, "reference")
+def _reference_group_norm_backward(grad, x, gamma, beta, num_groups, weight, bias, mean, rstd, eps, act, slope):
+    # the reference recomputes the statistics itself; mean/rstd are only the fused kernels' shortcut
+    grads = _reference_group_norm_vjp((grad, None, None), x, gamma, beta, num_groups, weight, bias, eps, act, slope)
+    layouts = group_norm_grad_layouts(x, gamma, beta, weight, bias)
+    return tuple(C.match_layout(g, lay) for g, lay in zip(grads, layouts))
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks: every message names the argument, what it got and what was expected
+# ----------------------------------------------------------------------------------------------
+def parse_act(act) -> Tuple[int, float]:
+    """``None | "silu" | "relu" | "leaky_relu" | "leaky_relu(<slope>)"`` -> (code, slope)."""
+    if act is None:
+        return ACT_CODES[None], 0.0
+    if not isinstance(act, str):
+        raise TypeError(f"act must be None or a string (\"silu\", \"relu\", \"leaky_relu\", \"leaky_relu(0.2)\"), "
+                        f"got {type(act).__name__} {act!r}")
+    s = act.strip().lower().replace(" ", "")
+    if s in ("silu", "relu"):
+        return ACT_CODES[s], 0.0
+    if s == "leaky_relu":
+        return ACT_CODES["leaky_relu"], DEFAULT_LEAKY_SLOPE
+    if s.startswith("leaky_relu(") and s.endswith(")"):
+        try:
+            slope = float(s[len("leaky_relu("):-1])
+        except ValueError:
+            slope = float("nan")
+        if slope == slope and abs(slope) != float("inf"):
+            return ACT_CODES["leaky_relu"], slope
+    raise ValueError(f"act must be None, \"silu\", \"relu\", \"leaky_relu\" (slope 0.01) or \"leaky_relu(<slope>)\" "
+                     f"with a finite slope, got {act!r}")
+
+
+def _as_4d(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.unsqueeze(-1)
+
+
+def _check_modulation(x: Tensor, gamma, beta) -> None:
+    """gamma/beta: tensors of x's rank, dtype and device, spatial or per-channel; merged [N, 2C, ...] gamma."""
+    C.check_tensor("gamma", gamma, ndim=x.dim())
+    C.check_same("gamma", gamma, "x", x)
+    n, c = x.shape[:2]
+    spatial, per_channel = tuple(x.shape[2:]), (1,) * (x.dim() - 2)
+    layout = "[N, C, H, W] or [N, C, 1, 1]" if x.dim() == 4 else "[N, C, L] or [N, C, 1]"
+    if beta is not None:
+        C.check_tensor("beta", beta, ndim=x.dim())
+        C.check_same("beta", beta, "x", x)
+        if beta.shape[0] != n or beta.shape[1] != c or tuple(beta.shape[2:]) not in (spatial, per_channel):
+            raise ValueError(f"beta must be {layout} = {(n, c) + spatial} or {(n, c) + per_channel} for x "
+                             f"{C.describe(x)}, got {C.describe(beta)}")
+        chans = (c,)
+    else:
+        chans = (c, 2 * c)
+    if gamma.shape[0] != n or gamma.shape[1] not in chans or tuple(gamma.shape[2:]) not in (spatial, per_channel):
+        merged = (" (2C channels, the merged gamma|beta form, only when beta is None)" if beta is not None
+                  else " or the merged [N, 2C, ...] gamma|beta form")
+        raise ValueError(f"gamma must be {layout} = {(n, c) + spatial} or {(n, c) + per_channel}{merged} for x "
+                         f"{C.describe(x)}, got {C.describe(gamma)}")
+
+
+def _check_x(x) -> None:
+    C.check_tensor("x", x)
+    if x.dim() not in (3, 4):
+        raise ValueError(f"x must be a 4-D [N, C, H, W] (or 3-D [N, C, L]) tensor, got {C.describe(x)}")
+    if x.shape[1] == 0 or any(s == 0 for s in x.shape[2:]):
+        raise ValueError(f"x must have at least one channel and one spatial position, got {C.describe(x)}")
+
+
+def check_modulate_args(x, gamma, beta, act) -> Tuple[int, float]:
+    """Validate ``sft_modulate`` arguments; returns the parsed (act code, slope)."""
+    _check_x(x)
+    _check_modulation(x, gamma, beta)
+    return parse_act(act)
+
+
+def check_group_norm_args(x, gamma, beta, num_groups, weight, bias, eps, act) -> Tuple[int, float]:
+    """Validate ``sft_group_norm`` arguments; returns the parsed (act code, slope)."""
+    _check_x(x)
+    _check_modulation(x, gamma, beta)
+    c = x.shape[1]
+    if not isinstance(num_groups, int) or isinstance(num_groups, bool):
+        raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__} {num_groups!r}")
+    if num_groups < 1 or c % num_groups != 0:
+        raise ValueError(f"num_groups must be a positive divisor of x's {c} channels, got {num_groups} "
+                         f"(x: {C.describe(x)})")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None:
+            C.check_tensor(name, t, ndim=1)
+            C.check_same(name, t, "x", x)
+            if t.shape[0] != c:
+                raise ValueError(f"{name} must have shape ({c},) (one per channel of x {C.describe(x)}), got "
+                                 f"{C.describe(t)}")
+    if not isinstance(eps, Real) or isinstance(eps, bool):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__} {eps!r}")
+    if not eps >= 0 or eps == float("inf"):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    return parse_act(act)
+
+
+# ----------------------------------------------------------------------------------------------
+# public functions
+# ----------------------------------------------------------------------------------------------
+def sft_modulate(x: Tensor, gamma: Tensor, beta: Optional[Tensor] = None, act: Optional[str] = None) -> Tensor:
+    """Spatial feature transform (SFTGAN): ``act(x * (1 + gamma) + beta)`` in one pass.
+
+    Args:
+        x: ``[N, C, H, W]`` features (``[N, C, L]`` also accepted).
+        gamma: scale, ``[N, C, H, W]`` (spatial) or ``[N, C, 1, 1]`` (per channel, e.g. from a time embedding);
+            or, with ``beta=None``, the merged ``[N, 2C, H, W]`` / ``[N, 2C, 1, 1]`` output of one conv whose first
+            C channels are gamma and next C beta (read in place, no chunk copy).
+        beta: shift, same shapes as gamma's C-channel forms, or None (no shift unless gamma is merged).
+        act: None, ``"silu"``, ``"relu"``, ``"leaky_relu"`` (slope 0.01) or ``"leaky_relu(0.2)"``.
+
+    Returns:
+        ``[N, C, H, W]`` in x's dtype, channels_last when x is; fp16/bf16 compute in fp32.
+        Differentiable in x, gamma and beta.
+
+    Example::
+
+        >>> x = torch.randn(2, 64, 48, 48)
+        >>> scale_shift = torch.randn(2, 128, 48, 48)   # one conv producing gamma|beta
+        >>> sft_modulate(x, scale_shift, act="leaky_relu(0.2)").shape
+        torch.Size([2, 64, 48, 48])
+    """
+    code, slope = check_modulate_args(x, gamma, beta, act)
+    if x.dim() == 3:
+        return _sft_modulate(x.unsqueeze(-1), gamma.unsqueeze(-1), _as_4d(beta), code, slope).squeeze(-1)
+    return _sft_modulate(x, gamma, beta, code, slope)
+
+
+def sft_group_norm(x: Tensor, gamma: Tensor, beta: Optional[Tensor] = None, num_groups: int = 32,
+                   weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 1e-5,
+                   act: Optional[str] = None) -> Tensor:
+    """SPADE-style conditional GroupNorm: ``act(GroupNorm(x) * (1 + gamma) + beta)`` (BSRD / E-BSRD, diffusion
+    ResBlock scale-shift), fused so the normalised tensor is never stored.
+
+    Args:
+        x: ``[N, C, H, W]`` features (``[N, C, L]`` also accepted).
+        gamma, beta: as in :func:`sft_modulate` (spatial, per-channel, or merged ``[N, 2C, ...]`` with beta=None).
+        num_groups: GroupNorm groups; must divide C (32 for GroupNorm32).
+        weight, bias: GroupNorm affine ``[C]``, or None (no affine).
+        eps: added to the variance.
+        act: None, ``"silu"``, ``"relu"``, ``"leaky_relu"`` (slope 0.01) or ``"leaky_relu(0.2)"``.
+
+    Returns:
+        ``[N, C, H, W]`` in x's dtype, channels_last when x is. Statistics are computed in fp32 (fp64 for fp64
+        x). Differentiable in x, gamma, beta, weight and bias.
+
+    Example::
+
+        >>> x = torch.randn(2, 128, 96, 96)
+        >>> gb = torch.randn(2, 256, 96, 96)             # merged gamma|beta from one conv
+        >>> sft_group_norm(x, gb, num_groups=32).shape
+        torch.Size([2, 128, 96, 96])
+    """
+    code, slope = check_group_norm_args(x, gamma, beta, num_groups, weight, bias, eps, act)
+    if x.dim() == 3:
+        out = _sft_group_norm(x.unsqueeze(-1), gamma.unsqueeze(-1), _as_4d(beta), num_groups, weight, bias,
+                              float(eps), code, slope)[0]
+        return out.squeeze(-1)
+    return _sft_group_norm(x, gamma, beta, num_groups, weight, bias, float(eps), code, slope)[0]
