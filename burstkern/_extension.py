@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
+import torch  # noqa: F401  (loads libc10/libtorch, which _C links against)
+
 _C = None
 _cuda_error: Optional[str] = None
 
