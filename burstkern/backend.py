@@ -31,7 +31,7 @@ _kernels: Dict[str, Dict[str, Callable]] = {}
 _global_choice: Optional[str] = None
 _local = threading.local()
 _warned: set = set()
-_resolve_cache: Dict[Tuple[str, str, str], Tuple[str, Callable]] = {}
+_resolve_cache: Dict[tuple, Tuple[str, Callable]] = {}
 
 BUILD_HINT = (
     "build it with `pip install -e . --no-build-isolation` on a machine with nvcc and a CUDA build of "
@@ -168,7 +168,7 @@ def resolve(op: str, device: torch.device) -> Tuple[str, Callable]:
     """The (backend name, kernel) that runs ``op`` for tensors on ``device`` now."""
     choice = get_backend()
     dtype = device.type
-    key = (op, choice, dtype)
+    key = (op, choice, dtype, triton_interpreting())
     hit = _resolve_cache.get(key)
     if hit is not None:
         return hit
