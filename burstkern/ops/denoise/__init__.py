@@ -1,0 +1,12 @@
+"""EDM / consistency denoise updates: scalings, combine, Euler/Heun steps, noise, consistency output, loss."""
+
+from ..._extension import triton_error
+from . import rng
+from .op import (add_noise, cm_scalings, cm_update, denoise_combine, edm_euler_update, edm_heun_update, edm_loss,
+                 edm_scalings, karras_schedule)
+
+if triton_error() is None:
+    from . import triton  # noqa: F401  (registers the Triton kernels)
+
+__all__ = ["edm_scalings", "cm_scalings", "karras_schedule", "denoise_combine", "edm_euler_update",
+           "edm_heun_update", "add_noise", "cm_update", "edm_loss", "rng"]
