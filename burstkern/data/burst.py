@@ -206,14 +206,14 @@ def synthesize_burst(image: Tensor, burst_size: int = 8, *, downsample_factor: i
                         ("border", border, 0)):
         if not isinstance(v, int) or isinstance(v, bool) or v < lo:
             raise ValueError(f"synthesize_burst: {name} must be an int >= {lo}, got {v!r}")
-    unbatched = image.dim() == 3
+    unbatched, shape = image.dim() == 3, tuple(image.shape)
     if unbatched:
         image = image[None]
     b, _, h, w = image.shape
     step = 2 * downsample_factor
     hc, wc = h - 2 * border, w - 2 * border
     if hc <= 0 or wc <= 0 or hc % step or wc % step:
-        raise ValueError(f"synthesize_burst: image of shape {tuple(image.shape)} minus a {border}-px border is "
+        raise ValueError(f"synthesize_burst: image of shape {shape} minus a {border}-px border is "
                          f"{hc}x{wc}; expected a positive multiple of 2*downsample_factor = {step} in each dim")
 
     dev = image.device

@@ -122,6 +122,16 @@ def _fit(img: Tensor, crop: int) -> Tensor:
     return F.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0].clamp(0.0, 1.0)
 
 
+def _mix_seed(seed: int, index: int) -> int:
+    """A 32-bit seed from ``(seed, index)`` (splitmix64 finaliser). The CPU generator only uses the low 32 bits
+    of its seed, so simply packing ``seed << 32 | index`` would make every ``seed`` give the same items."""
+    z = ((seed << 32) | index) + 0x9E3779B97F4A7C15
+    z &= 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (z ^ (z >> 31)) & 0xFFFFFFFF
+
+
 class SyntheticBurstDataset(torch.utils.data.Dataset):
     """Random ``crop`` x ``crop`` sRGB crops turned into synthetic RAW bursts (Bhat et al. pipeline).
 
@@ -174,8 +184,8 @@ class SyntheticBurstDataset(torch.utils.data.Dataset):
         return self.length
 
     def generator(self, index: int) -> torch.Generator:
-        """The generator that drives item ``index``: seeded by ``(seed, index)``."""
-        return torch.Generator().manual_seed((self.seed << 32) | index)
+        """The generator that drives item ``index``: seeded by a hash of ``(seed, index)``."""
+        return torch.Generator().manual_seed(_mix_seed(self.seed, index))
 
     def __getitem__(self, index: int) -> Dict:
         if not 0 <= index < self.length:
