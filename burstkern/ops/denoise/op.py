@@ -160,13 +160,12 @@ def _reference_combine(x, F, sigma, sd, smin, mode, return_d):
     return C.to_format(D, fmt), (C.to_format(d, fmt) if return_d else d)
 
 
-_combine_vjp = C.vjp_backward(reference.denoise_combine, diff_argnums=(0, 1, 2))
-
-
+# Reference backwards are closed-form torch (reference.py), not C.vjp_backward: torch.func inside an op body
+# cannot run under opcheck's schema check, and the closed forms are pinned to the forwards by gradcheck.
 @register_kernel(OP_COMBINE_BWD, "reference")
 def _reference_combine_backward(grad_D, grad_d, x, F, sigma, sd, smin, mode, return_d, need_sigma):
-    grads = (grad_D, grad_d if return_d else None)
-    gx, gF, gs = _combine_vjp(grads, x, F, sigma, sd, smin, mode, return_d)
+    gd = grad_d if return_d and grad_d.numel() == x.numel() else None
+    gx, gF, gs = reference.denoise_combine_backward(grad_D, gd, x, F, sigma, sd, smin, mode, need_sigma)
     layouts = _combine_bwd_layouts(x, sigma, need_sigma)
     gs = gs if need_sigma else C.empty_grad(x)
     return tuple(C.match_layout(g, lay) for g, lay in zip((gx, gF, gs), layouts))
@@ -296,16 +295,9 @@ def _reference_cm(x, F, sigma, smin, sd, sigma_next, clamp, noise, seed):
     return C.to_format(out, C.memory_format_of(x))
 
 
-def _cm_x0(x, F, sigma, smin, sd, clamp):
-    return reference.cm_update(x, F, sigma, smin, sd, None, clamp, None, None)
-
-
-_cm_vjp = C.vjp_backward(_cm_x0, diff_argnums=(0, 1))
-
-
 @register_kernel(OP_CM_BWD, "reference")
 def _reference_cm_backward(grad, x, F, sigma, smin, sd, clamp):
-    gx, gF = _cm_vjp((grad,), x, F, sigma, smin, sd, clamp)
+    gx, gF = reference.cm_update_backward(grad, x, F, sigma, smin, sd, clamp)
     fmt = C.memory_format_of(x)
     return C.to_format(gx, fmt), C.to_format(gF, fmt)
 
@@ -355,13 +347,10 @@ def _reference_loss(x, F, y, sigma, sd):
     return reference.edm_loss(x, F, y, sigma, sd).contiguous()
 
 
-_loss_vjp = C.vjp_backward(reference.edm_loss, diff_argnums=(0, 1, 2))
-
-
 @register_kernel(OP_LOSS_BWD, "reference")
 def _reference_loss_backward(grad, x, F, y, sigma, sd):
     fmt = C.memory_format_of(x)
-    return tuple(C.to_format(g, fmt) for g in _loss_vjp((grad,), x, F, y, sigma, sd))
+    return tuple(C.to_format(g, fmt) for g in reference.edm_loss_backward(grad, x, F, y, sigma, sd))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -145,7 +145,8 @@ def cm_update(x, F, sigma, smin: float, sd: float, sigma_next, clamp: Optional[f
         x0 = torch.clamp(x0, -clamp, clamp)
     if sigma_next is not None:
         eps = _noise(x, noise, seed, cd)
-        x0 = x0 + noise_scale(sigma_next, torch.full_like(sigma_next, smin), 1.0, x, cd) * eps
+        sn = per_sample(sigma_next, x, cd)
+        x0 = x0 + torch.sqrt(torch.clamp_min(sn * sn - smin * smin, 0.0)) * eps
     return x0.to(x.dtype)
 
 
@@ -164,3 +165,58 @@ def edm_loss(x_noisy, F, y, sigma, sd: float):
 def churn_gamma(sigma: float, num_steps: int, S_churn: float, S_min: float, S_max: float) -> float:
     """EDM's γ_i (host-side, from the host copy of the schedule)."""
     return min(S_churn / num_steps, math.sqrt(2.0) - 1.0) if S_min <= sigma <= S_max else 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# backward formulas (closed form; gradcheck pins them to finite differences of the forwards above)
+# ----------------------------------------------------------------------------------------------
+def _sum_per_sample(t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    per = t.reshape(t.shape[0], -1).sum(1)
+    return per if sigma.dim() == 1 else per.sum()
+
+
+def denoise_combine_backward(grad_D, grad_d, x, F, sigma, sd: float, smin: float, mode: str, need_sigma: bool):
+    """(grad_x, grad_F, grad_sigma or None) of :func:`denoise_combine`; ``grad_d`` None when d is not used."""
+    cd = compute_dtype(x.dtype)
+    xs, fs, s = x.to(cd), F.to(cd), per_sample(sigma, x, cd)
+    c_skip, c_out, _, _ = coefficients(s, sd, smin, mode)
+    gD = grad_D.to(cd)
+    gx, gF = gD * c_skip, gD * c_out
+    if grad_d is not None:
+        gd = grad_d.to(cd)
+        gx = gx + gd * (1 - c_skip) / s
+        gF = gF - gd * c_out / s
+    gs = None
+    if need_sigma:
+        d_skip, d_out, _, _ = scalings_derivatives(s, sd, smin, mode)
+        dD = d_skip * xs + d_out * fs
+        t = gD * dD
+        if grad_d is not None:
+            D = c_skip * xs + c_out * fs
+            t = t + gd * (-dD / s - (xs - D) / (s * s))
+        gs = _sum_per_sample(t, sigma).to(sigma.dtype)
+    return gx.to(x.dtype), gF.to(x.dtype), gs
+
+
+def cm_update_backward(grad, x, F, sigma, smin: float, sd: float, clamp: Optional[float]):
+    """(grad_x, grad_F) of :func:`cm_update` (the re-noise term does not depend on x or F)."""
+    cd = compute_dtype(x.dtype)
+    s = per_sample(sigma, x, cd)
+    c_skip, c_out, _, _ = coefficients(s, sd, smin, "cm")
+    g = grad.to(cd)
+    if clamp is not None:
+        # torch.clamp passes the gradient where -clamp <= x0 <= clamp
+        x0 = c_skip * x.to(cd) + c_out * F.to(cd)
+        g = torch.where((x0 >= -clamp) & (x0 <= clamp), g, torch.zeros_like(g))
+    return (g * c_skip).to(x.dtype), (g * c_out).to(x.dtype)
+
+
+def edm_loss_backward(grad, x_noisy, F, y, sigma, sd: float):
+    """(grad_x_noisy, grad_F, grad_y) of :func:`edm_loss` for a loss gradient ``grad`` ``[N]``."""
+    cd = compute_dtype(x_noisy.dtype)
+    s = per_sample(sigma, x_noisy, cd)
+    c_skip, c_out, _, _ = coefficients(s, sd, 0.0, "edm")
+    lam = (s * s + sd * sd) / (s * sd) ** 2
+    m = x_noisy[0].numel() if x_noisy.shape[0] else 1
+    r = per_sample(grad, x_noisy, cd) * lam * 2 * (c_skip * x_noisy.to(cd) + c_out * F.to(cd) - y.to(cd)) / m
+    return (r * c_skip).to(x_noisy.dtype), (r * c_out).to(x_noisy.dtype), (-r).to(x_noisy.dtype)
