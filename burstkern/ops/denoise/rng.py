@@ -62,13 +62,15 @@ def _mulhilo(a: int, b: torch.Tensor):
     return hi, lo
 
 
-def philox(seed: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor):
-    """Philox 4x32-10 on counters ``(c0, c1, 0, 0)`` (int64 tensors holding uint32) with a seed tensor."""
+def philox(seed: torch.Tensor, c0: torch.Tensor, c1: torch.Tensor, c2: Optional[torch.Tensor] = None,
+           c3: Optional[torch.Tensor] = None):
+    """Philox 4x32-10 on counters ``(c0, c1, c2, c3)`` (int64 tensors holding uint32; c2, c3 default 0) with
+    the key ``(seed & 0xffffffff, seed >> 32)`` of an int64 seed tensor. Returns the four output words."""
     s = seed.reshape(()).to(torch.int64)
     k0 = s & _M32
     k1 = (s >> 32) & _M32
-    c2 = torch.zeros_like(c0)
-    c3 = torch.zeros_like(c0)
+    c2 = torch.zeros_like(c0) if c2 is None else c2
+    c3 = torch.zeros_like(c0) if c3 is None else c3
     for _ in range(N_ROUNDS):
         hi_b, lo_b = _mulhilo(PHILOX_ROUND_B, c2)
         hi_a, lo_a = _mulhilo(PHILOX_ROUND_A, c0)
