@@ -1,0 +1,107 @@
+"""deform_conv2d benchmarks (GPU only; timing by benchmarks/harness.py).
+
+Providers at the alignment shapes of DESIGN.md (K = 3; og = 8 and og = 1), fp32 / fp16 / bf16, forward and
+forward + backward, with peak memory of one call:
+
+* ``triton`` / ``cuda`` -- burstkern's kernels (``cuda`` only when the extension registered a kernel),
+* ``torchvision`` -- ``torchvision.ops.deform_conv2d`` (the best peer; it has no bf16 kernel: skipped there),
+* ``cudnn`` -- ``F.conv2d`` of the same shape (groups, dilation), the speed a deformable conv could approach.
+
+    pytest benchmarks/bench_deform_conv.py --benchmark-only --benchmark-json=deform_conv.json
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness import forward_backward, measure, requires_gpu, with_backend
+
+from burstkern.backend import backend_available
+from burstkern.ops import deform_conv2d
+
+pytestmark = requires_gpu
+
+# (N, C, H=W, weight groups, dilation, offset groups)
+SHAPES = [
+    (8, 64, 96, 1, 1, 8), (8, 64, 96, 1, 1, 1),
+    (14, 64, 96, 1, 1, 8), (14, 64, 96, 1, 1, 1),
+    (14, 48, 48, 8, 2, 8), (14, 48, 48, 8, 2, 1),  # Burstormer's alignment layer
+    (112, 64, 64, 1, 1, 8), (112, 64, 64, 1, 1, 1),
+    (14, 64, 160, 1, 1, 8), (14, 64, 160, 1, 1, 1),
+]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+PROVIDERS = ["triton", "cuda", "torchvision", "cudnn"]
+MODES = ["fwd", "fwd+bwd"]
+K = 3
+
+
+def _make_args(shape, dtype):
+    n, c, hw, groups, dil, og = shape
+
+    def make():
+        x = torch.randn(n, c, hw, hw, device="cuda", dtype=dtype)
+        # offsets of a few pixels, as an alignment network predicts them
+        off = (torch.randn(n, 2 * og * K * K, hw, hw, device="cuda") * 2).to(dtype)
+        w = (torch.randn(c, c // groups, K, K, device="cuda") * (c // groups * K * K) ** -0.5).to(dtype)
+        b = torch.randn(c, device="cuda", dtype=dtype)
+        m = torch.rand(n, og * K * K, hw, hw, device="cuda", dtype=dtype)
+        return x, off, w, b, m
+
+    return make
+
+
+def _dcn(dil):
+    return lambda x, off, w, b, m: deform_conv2d(x, off, w, b, padding=dil, dilation=dil, mask=m)
+
+
+def _torchvision(dil):
+    import torchvision.ops
+
+    return lambda x, off, w, b, m: torchvision.ops.deform_conv2d(x, off, w, b, padding=dil, dilation=dil, mask=m)
+
+
+def _cudnn(dil, groups):
+    return lambda x, off, w, b, m: F.conv2d(x, w, b, 1, dil, dil, groups)
+
+
+def _traffic_and_work(shape, dtype, mode):
+    """Minimum bytes and FLOPs of one call (every tensor read or written once; the GEMM of the conv)."""
+    n, c, hw, groups, dil, og = shape
+    es = torch.empty((), dtype=dtype).element_size()
+    x = n * c * hw * hw
+    off = n * 2 * og * K * K * hw * hw
+    m = n * og * K * K * hw * hw
+    w = c * c // groups * K * K
+    flops = 2 * n * c * hw * hw * (c // groups) * K * K
+    fwd_bytes = (x + off + m + w + x) * es  # output has the input's size here
+    if mode == "fwd":
+        return fwd_bytes, flops
+    # backward reads grad, x, offset, mask, weight and writes their gradients; two more GEMMs
+    return fwd_bytes + (x + x + off + m + w + x + off + m + w) * es, 3 * flops
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"N{s[0]}C{s[1]}H{s[2]}g{s[3]}d{s[4]}og{s[5]}")
+def test_deform_conv2d(benchmark, shape, dtype, provider, mode):
+    n, c, hw, groups, dil, og = shape
+    if provider in ("triton", "cuda"):
+        ok, why = backend_available(provider, "cuda", "deform_conv2d")
+        if not ok:
+            pytest.skip(why)
+        fn = with_backend(provider, _dcn(dil))
+    elif provider == "torchvision":
+        if dtype == torch.bfloat16:
+            pytest.skip("torchvision.ops.deform_conv2d has no bfloat16 kernel")
+        fn = _torchvision(dil)
+    else:
+        fn = _cudnn(dil, groups)
+    if mode == "fwd+bwd":
+        grad_argnums = (0, 2, 3) if provider == "cudnn" else (0, 1, 2, 3, 4)
+        fn = forward_backward(fn, grad_argnums)
+    nbytes, flops = _traffic_and_work(shape, dtype, mode)
+    group = f"deform_conv2d N{n} C{c} {hw}x{hw} g{groups} d{dil} og{og} {str(dtype).replace('torch.', '')} {mode}"
+    measure(benchmark, fn, _make_args(shape, dtype), group=group, provider=provider, nbytes=nbytes, flops=flops)
