@@ -150,6 +150,19 @@ _sft_group_norm.register_autograd(_gn_autograd_backward, setup_context=_gn_setup
 # ----------------------------------------------------------------------------------------------
 # reference kernels
 # ----------------------------------------------------------------------------------------------
+def _unaliased(grads, *inputs):
+    """Custom ops may not return an input: with act=None, d out / d beta is the incoming gradient itself."""
+    seen = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, Tensor) and t.numel() > 0}
+    out = []
+    for g in grads:
+        if g.numel() > 0 and g.untyped_storage().data_ptr() in seen:
+            g = g.clone(memory_format=torch.preserve_format)
+        if g.numel() > 0:
+            seen.add(g.untyped_storage().data_ptr())
+        out.append(g)
+    return tuple(out)
+
+
 @register_kernel(OP_MOD, "reference")
 def _reference_modulate(x, gamma, beta, act, slope):
     return C.to_format(reference.sft_modulate(x, gamma, beta, act, slope), C.memory_format_of(x))
@@ -161,7 +174,8 @@ _reference_modulate_vjp = C.vjp_backward(reference.sft_modulate, diff_argnums=(0
 @register_kernel(OP_MOD_BWD, "reference")
 def _reference_modulate_backward(grad, x, gamma, beta, act, slope):
     grads = _reference_modulate_vjp((grad,), x, gamma, beta, act, slope)
-    return tuple(C.match_layout(g, lay) for g, lay in zip(grads, modulate_grad_layouts(x, gamma, beta)))
+    grads = (C.match_layout(g, lay) for g, lay in zip(grads, modulate_grad_layouts(x, gamma, beta)))
+    return _unaliased(grads, grad, x, gamma, beta)
 
 
 @register_kernel(OP_GN, "reference")
@@ -178,7 +192,8 @@ def _reference_group_norm_backward(grad, x, gamma, beta, num_groups, weight, bia
     # the reference recomputes the statistics itself; mean/rstd are only the fused kernels' shortcut
     grads = _reference_group_norm_vjp((grad, None, None), x, gamma, beta, num_groups, weight, bias, eps, act, slope)
     layouts = group_norm_grad_layouts(x, gamma, beta, weight, bias)
-    return tuple(C.match_layout(g, lay) for g, lay in zip(grads, layouts))
+    grads = (C.match_layout(g, lay) for g, lay in zip(grads, layouts))
+    return _unaliased(grads, grad, x, gamma, beta, weight, bias, mean, rstd)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -52,10 +52,18 @@ def _new_like_format(like: torch.Tensor, shape, dtype, fmt) -> torch.Tensor:
 # shared jit helpers
 # ----------------------------------------------------------------------------------------------
 @triton.jit
+def _sigmoid(u):
+    # exp of -|u| only: never overflows (1 / (1 + exp(-u)) hits inf for u < -88 in fp32)
+    e = tl.exp(-tl.abs(u))
+    r = 1.0 / (1.0 + e)
+    return tl.where(u >= 0, r, e * r)
+
+
+@triton.jit
 def _act_fwd(u, ACT: tl.constexpr, slope):
     # ACT: 0 none, 1 silu, 2 relu, 3 leaky_relu(slope) (codes of reference.ACT_CODES)
     if ACT == 1:
-        y = u / (1.0 + tl.exp(-u))
+        y = u * _sigmoid(u)
     elif ACT == 2:
         y = tl.where(u > 0, u, 0.0)
     elif ACT == 3:
@@ -69,7 +77,7 @@ def _act_fwd(u, ACT: tl.constexpr, slope):
 def _act_grad(u, dy, ACT: tl.constexpr, slope):
     """dy * act'(u); at u == 0 relu/leaky_relu take the left slope, as torch does."""
     if ACT == 1:
-        s = 1.0 / (1.0 + tl.exp(-u))
+        s = _sigmoid(u)
         du = dy * (s * (1.0 + u * (1.0 - s)))
     elif ACT == 2:
         du = tl.where(u > 0, dy, 0.0)
