@@ -348,6 +348,34 @@ def test_compile_fullgraph_matches_eager_no_recompile():
     assert cnt.frame_count == 1, f"{cnt.frame_count} compiles for 3 σ values"
 
 
+def test_compile_in_kernel_noise_matches_eager():
+    """Seeds are drawn by torch.randint inside the graph: under aot_eager the same global seed gives the same
+    noise as eager, and successive calls differ."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    x = make((2, 3, 5, 4), torch.float32)
+    s = make_sigma(2, "per_sample", 1)
+    fn = lambda x, s: ops.cm_update(x, x, s, sigma_next=s, clamp=2.0) + ops.add_noise(x, s)  # noqa: E731
+    cnt = CompileCounterWithBackend("aot_eager")
+    comp = torch.compile(fn, backend=cnt, fullgraph=True)
+    torch.manual_seed(0)
+    a, b = comp(x, s), comp(x, s)
+    torch.manual_seed(0)
+    assert_rel_close(a, fn(x, s), torch.float32, "compiled noise vs eager")
+    assert not torch.equal(a, b) and cnt.frame_count == 1
+
+
+def test_empty_batch():
+    x = torch.empty(0, 3, 4, 4)
+    s = torch.empty(0)
+    for be in ["reference"] + [p.values[0] for p in fused_backends(dn_op.OP_COMBINE, "cpu") if not p.marks]:
+        with burstkern.backend(be):
+            assert ops.denoise_combine(x, x, s).shape == x.shape
+            assert ops.edm_loss(x, x, x, s).shape == (0,)
+            assert ops.add_noise(x, s).shape == x.shape
+
+
 def test_compile_inductor_with_backward():
     torch._dynamo.reset()
     shape = (2, 3, 6, 5)

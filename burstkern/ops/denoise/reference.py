@@ -159,6 +159,8 @@ def edm_loss(x_noisy, F, y, sigma, sd: float):
     lam = (s * s + sd * sd) / (s * sd) ** 2
     per = lam * (D - y.to(cd)) ** 2
     n = x_noisy.shape[0]
+    if n == 0:
+        return x_noisy.new_zeros((0,))
     return per.reshape(n, -1).mean(dim=1).to(x_noisy.dtype)
 
 
