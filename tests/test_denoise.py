@@ -18,7 +18,7 @@ from burstkern import ops
 from burstkern.ops.denoise import op as dn_op
 from burstkern.ops.denoise import rng
 
-from utils import DTYPES, TOL, assert_rel_close, fused_backends, rel_err, requires_cuda
+from utils import DTYPES, assert_rel_close, fused_backends, requires_cuda
 
 SD = 0.5
 SMIN = 0.002

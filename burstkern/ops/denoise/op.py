@@ -2,18 +2,18 @@
 
 Ops (namespace ``burstkern``), each resolving its kernel from the backend registry at run time:
 
-=========================  =====================================================  ================================
-op                         result                                                 autograd
-=========================  =====================================================  ================================
-denoise_scalings           (c_skip, c_out, c_in, c_noise) of σ, EDM or CM         σ (closed form, plain torch)
-karras_schedule            σ_0..σ_{N-1}, 0                                        none (no tensor inputs)
-denoise_combine            D = c_skip·x + c_out·F (and d = (x − D)/σ)             x, F, σ (own backward op)
-edm_euler_update           (x_next, d)                                            none (sampling only)
-edm_heun_update            EDM Alg. 2 second stage                                none (sampling only)
-add_noise                  x + √(max(σ² − σ_base², 0))·s_noise·ε                  x, noise (plain torch)
-cm_update                  clamp(c_skip^cm·x + c_out^cm·F) + √(σ_next² − σ_min²)·ε  x, F (own backward op)
-edm_loss                   [N] mean of λ(σ)·(D − y)²                              x_noisy, F, y (own backward op)
-=========================  =====================================================  ================================
+==================  ==========================================================  ===================================
+op                  result                                                      autograd
+==================  ==========================================================  ===================================
+denoise_scalings    (c_skip, c_out, c_in, c_noise) of σ, EDM or CM              σ (closed form, plain torch)
+karras_schedule     σ_0..σ_{N-1}, 0                                             none (no tensor inputs)
+denoise_combine     D = c_skip·x + c_out·F (and d = (x − D)/σ)                  x, F, σ (own backward op)
+edm_euler_update    (x_next, d)                                                 none (sampling only)
+edm_heun_update     EDM Alg. 2 second stage                                     none (sampling only)
+add_noise           x + √(max(σ² − σ_base², 0))·s_noise·ε                       x, noise (plain torch)
+cm_update           clamp(c_skip^cm·x + c_out^cm·F) + √(σ_next² − σ_min²)·ε     x, F (own backward op)
+edm_loss            [N] mean of λ(σ)·(D − y)²                                   x_noisy, F, y (own backward op)
+==================  ==========================================================  ===================================
 
 σ is always a tensor (``[]`` or ``[N]``) inside the ops, so changing its value neither syncs with the host nor
 recompiles. Noise is either an explicit ``noise`` tensor or the counter-based normals of :mod:`.rng` under an
