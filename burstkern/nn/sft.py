@@ -1,0 +1,172 @@
+"""SFT conditioning modules on :func:`burstkern.ops.sft_modulate` / :func:`burstkern.ops.sft_group_norm`.
+
+* :class:`SFT` — SFTGAN's ``SFTLayer``: ``x * (scale + 1) + shift`` with scale and shift predicted from a
+  condition by two conv1x1 -> leaky_relu(0.1) -> conv1x1 branches. Same attribute names
+  (``SFT_scale_conv0/1``, ``SFT_shift_conv0/1``), so SFTGAN state dicts load as they are.
+* :class:`SPADEGroupNorm` — the SPADE block of BSRD / E-BSRD's U-Net: ``GroupNorm32(x) * (1 + gamma) + beta`` with
+  gamma|beta from ONE merged conv3x3 (read in place by the kernel, no chunk copy) on a shared conv3x3 + ReLU of the
+  condition, bicubic-resized to x's size. State dicts of BSRD's ``SPADE`` (separate ``mlp_gamma`` / ``mlp_beta``)
+  load too: the two convs are concatenated into the merged one.
+* :class:`ScaleShiftGroupNorm` — the diffusion ResBlock ``use_scale_shift_norm`` path:
+  ``GroupNorm(x) * (1 + scale) + shift`` with ``scale|shift = Linear(SiLU(emb))`` per channel, optionally
+  followed by SiLU, in one kernel.
+
+The active burstkern backend decides which kernels run; the modules take no backend argument.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops.sft import sft_group_norm, sft_modulate
+
+__all__ = ["SFT", "SPADEGroupNorm", "ScaleShiftGroupNorm"]
+
+
+def _as(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """Parameters and predicted modulations in x's dtype (e.g. fp32 parameters with bf16 activations)."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
+class SFT(nn.Module):
+    """Spatial feature transform (SFTGAN ``SFTLayer``): ``act(x * (scale + 1) + shift)``.
+
+    ``scale = SFT_scale_conv1(leaky_relu(SFT_scale_conv0(cond), 0.1))`` and likewise ``shift``.
+
+    Args:
+        channels: C of the features x (SFTGAN: 64).
+        cond_channels: channels of the condition (SFTGAN: 32).
+        hidden_channels: width of each branch (SFTGAN: 32).
+        act: optional activation fused after the modulation (None in SFTGAN).
+
+    Shapes: ``x [N, C, H, W]``, ``cond [N, cond_channels, H, W]`` -> ``[N, C, H, W]``. ``forward`` also takes
+    SFTGAN's single tuple argument ``(x, cond)``.
+
+    Example::
+
+        >>> sft = SFT(64, cond_channels=32)
+        >>> sft(torch.randn(2, 64, 24, 24), torch.randn(2, 32, 24, 24)).shape
+        torch.Size([2, 64, 24, 24])
+    """
+
+    def __init__(self, channels: int = 64, cond_channels: int = 32, hidden_channels: int = 32,
+                 act: Optional[str] = None):
+        super().__init__()
+        self.channels, self.cond_channels, self.act = channels, cond_channels, act
+        self.SFT_scale_conv0 = nn.Conv2d(cond_channels, hidden_channels, 1)
+        self.SFT_scale_conv1 = nn.Conv2d(hidden_channels, channels, 1)
+        self.SFT_shift_conv0 = nn.Conv2d(cond_channels, hidden_channels, 1)
+        self.SFT_shift_conv1 = nn.Conv2d(hidden_channels, channels, 1)
+
+    def forward(self, x: Union[Tensor, Sequence[Tensor]], cond: Optional[Tensor] = None) -> Tensor:
+        if cond is None:
+            if not isinstance(x, (tuple, list)) or len(x) != 2:
+                raise TypeError("SFT.forward takes (x, cond) or one (x, cond) pair, got a single "
+                                f"{type(x).__name__}")
+            x, cond = x
+        scale = self.SFT_scale_conv1(F.leaky_relu(self.SFT_scale_conv0(cond), 0.1))
+        shift = self.SFT_shift_conv1(F.leaky_relu(self.SFT_shift_conv0(cond), 0.1))
+        return sft_modulate(x, _as(scale, x.dtype), _as(shift, x.dtype), act=self.act)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, cond_channels={self.cond_channels}, act={self.act!r}"
+
+
+class SPADEGroupNorm(nn.Module):
+    """SPADE GroupNorm (BSRD / E-BSRD): ``act(GroupNorm(x) * (1 + gamma) + beta)``, one fused kernel.
+
+    ``gamma|beta = mlp_gamma_beta(relu(mlp_shared(resize(cond))))``: a shared conv3x3 and ONE merged conv3x3
+    producing ``[N, 2C, H, W]`` that the kernel reads in place; the condition is bicubic-resized to x's size
+    when it differs (BSRD feeds each U-Net level its burst features at that level's size).
+
+    Args:
+        channels: C of x.
+        cond_channels: channels of the condition map (BSRD: burst size x condition features, 8 x 48).
+        hidden_channels: width of the shared conv (BSRD: 256).
+        num_groups: GroupNorm groups (32: GroupNorm32).
+        affine: learnable GroupNorm weight/bias (False: parameter-free, as in SPADE). BSRD's ``normalization()``
+            is an affine GroupNorm32: load its state dicts with ``affine=True``.
+        eps: GroupNorm epsilon.
+        act: optional activation fused after the modulation, e.g. ``"silu"``.
+
+    Shapes: ``x [N, C, H, W]``, ``cond [N, cond_channels, h, w]`` -> ``[N, C, H, W]``.
+
+    Example::
+
+        >>> spade = SPADEGroupNorm(128, cond_channels=384, hidden_channels=256)
+        >>> spade(torch.randn(2, 128, 48, 48), torch.randn(2, 384, 96, 96)).shape
+        torch.Size([2, 128, 48, 48])
+    """
+
+    def __init__(self, channels: int, cond_channels: int, hidden_channels: int = 256, num_groups: int = 32,
+                 affine: bool = False, eps: float = 1e-5, act: Optional[str] = None):
+        super().__init__()
+        self.channels, self.cond_channels, self.act = channels, cond_channels, act
+        self.param_free_norm = nn.GroupNorm(num_groups, channels, eps=eps, affine=affine)
+        self.mlp_shared = nn.Sequential(nn.Conv2d(cond_channels, hidden_channels, 3, padding=1), nn.ReLU())
+        self.mlp_gamma_beta = nn.Conv2d(hidden_channels, 2 * channels, 3, padding=1)
+
+    def modulation(self, x: Tensor, cond: Tensor) -> Tensor:
+        """The merged ``[N, 2C, H, W]`` gamma|beta for x (gamma first)."""
+        if tuple(cond.shape[-2:]) != tuple(x.shape[-2:]):
+            cond = F.interpolate(cond, size=tuple(x.shape[-2:]), mode="bicubic", align_corners=False)
+        return self.mlp_gamma_beta(self.mlp_shared(cond))
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        norm = self.param_free_norm
+        return sft_group_norm(x, _as(self.modulation(x, cond), x.dtype), None, norm.num_groups,
+                              _as(norm.weight, x.dtype), _as(norm.bias, x.dtype), norm.eps, act=self.act)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # BSRD's SPADE keeps gamma and beta in two convs: concatenate them into the merged one
+        g, b = prefix + "mlp_gamma.", prefix + "mlp_beta."
+        for name in ("weight", "bias"):
+            if g + name in state_dict and b + name in state_dict:
+                state_dict[prefix + "mlp_gamma_beta." + name] = torch.cat(
+                    [state_dict.pop(g + name), state_dict.pop(b + name)], dim=0)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, cond_channels={self.cond_channels}, act={self.act!r}"
+
+
+class ScaleShiftGroupNorm(nn.Module):
+    """Time-embedding scale-shift GroupNorm (diffusion ResBlock ``use_scale_shift_norm``), one fused kernel:
+    ``act(GroupNorm(x) * (1 + scale) + shift)`` with ``scale|shift = emb_layers(emb)`` ``[N, 2C]`` per channel.
+
+    Args:
+        channels: C of x.
+        emb_channels: width of the embedding (e.g. 4 x the U-Net's base channels).
+        num_groups: GroupNorm groups (32: GroupNorm32), affine as in guided-diffusion's ``normalization()``.
+        eps: GroupNorm epsilon.
+        act: ``"silu"`` (the ResBlock's next op, fused here) or None.
+
+    Shapes: ``x [N, C, H, W]``, ``emb [N, emb_channels]`` -> ``[N, C, H, W]``.
+
+    Example::
+
+        >>> ssn = ScaleShiftGroupNorm(128, emb_channels=512, act="silu")
+        >>> ssn(torch.randn(2, 128, 48, 48), torch.randn(2, 512)).shape
+        torch.Size([2, 128, 48, 48])
+    """
+
+    def __init__(self, channels: int, emb_channels: int, num_groups: int = 32, eps: float = 1e-5,
+                 act: Optional[str] = "silu"):
+        super().__init__()
+        self.channels, self.act = channels, act
+        self.norm = nn.GroupNorm(num_groups, channels, eps=eps)
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * channels))
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        scale_shift = self.emb_layers(emb)[:, :, None, None]
+        if x.dim() == 3:
+            scale_shift = scale_shift[..., 0]
+        return sft_group_norm(x, _as(scale_shift, x.dtype), None, self.norm.num_groups, _as(self.norm.weight, x.dtype),
+                              _as(self.norm.bias, x.dtype), self.norm.eps, act=self.act)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, act={self.act!r}"
