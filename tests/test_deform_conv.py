@@ -367,11 +367,11 @@ FUSED = fused_backends(OP, DEVICE)
 
 PARITY_CASES = [
     Cfg(cin=8, cout=8, og=1),
-    Cfg(cin=8, cout=8, og=8),  # og = C: one channel per offset group
+    Cfg(cin=8, cout=8, og=8, h=5, w=6),  # og = C: one channel per offset group
     Cfg(cin=8, cout=16, groups=2, og=4, h=8, w=8),
     Cfg(cin=12, cout=8, groups=2, og=3),  # channel chunks straddle offset groups and weight groups
     Cfg(n=1, cin=4, cout=6, h=9, w=7, stride=(2, 2), padding=(2, 2), dilation=(2, 2)),
-    Cfg(cin=16, cout=16, groups=8, og=8, dilation=(2, 2), padding=(2, 2), h=9, w=7),  # Burstormer, scaled down
+    Cfg(cin=16, cout=16, groups=8, og=8, dilation=(2, 2), padding=(2, 2), h=7, w=5),  # Burstormer, scaled down
     Cfg(cin=6, cout=4, og=3, kh=3, kw=2, stride=(1, 2), padding=(2, 0), dilation=(1, 2)),
     Cfg(cin=4, cout=4, offset_scale=40.0),  # far outside the image
     Cfg(cin=4, cout=4, mask=False, bias=False),
