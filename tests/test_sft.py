@@ -414,6 +414,7 @@ def tiny_tiles(monkeypatch):
         monkeypatch.setitem(sft_triton._TUNE, "MAX_BLOCK_HW", 8)
         monkeypatch.setitem(sft_triton._TUNE, "STAT_PROGRAMS", 64)
         monkeypatch.setitem(sft_triton._TUNE, "MAX_CHUNKS", 4)
+        monkeypatch.setitem(sft_triton._TUNE, "REDUCE_TILE", 4)
 
 
 SHAPES = ((1, 6, 5, 7), (2, 8, 3, 5), (3, 12, 4, 4), (2, 4, 1, 9), (1, 16, 7, 1), (2, 10, 9, 6))

@@ -34,7 +34,8 @@ from .op import OP_GN, OP_GN_BWD, OP_MOD, OP_MOD_BWD, group_norm_grad_layouts
 
 # Tile sizes (elements per program ~ TILE) and the chunk cap of the statistics pass. Tests shrink them to
 # reach every loop and merge path on small inputs.
-_TUNE = {"TILE": 4096, "MAX_BLOCK_C": 64, "MAX_BLOCK_HW": 1024, "STAT_PROGRAMS": 1024, "MAX_CHUNKS": 32}
+_TUNE = {"TILE": 4096, "MAX_BLOCK_C": 64, "MAX_BLOCK_HW": 1024, "STAT_PROGRAMS": 1024, "MAX_CHUNKS": 32,
+         "REDUCE_TILE": 4096}
 
 
 def _new(*args, **kwargs) -> torch.Tensor:
@@ -312,6 +313,55 @@ def _sft_group_norm_bwd_kernel(dy_ptr, x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mea
         tl.store(dx_ptr + n * son + c[:, None] * soc + hw[None, :] * sohw, dx.to(dx_ptr.dtype.element_ty), mask=m)
 
 
+@triton.jit
+def _sft_group_norm_bwd_reduce_kernel(part_ptr, coef_ptr, w_ptr, dw_ptr, dbias_ptr, dg_ptr, db_ptr, N, C, Cg, G,
+                                      NB, plane, inv_m, sgon, sgoc, sbon, sboc,
+                                      HAS_W: tl.constexpr, WANT_DW: tl.constexpr, WANT_DBIAS: tl.constexpr,
+                                      G_CHANNEL: tl.constexpr, B_CHANNEL: tl.constexpr, ACC: tl.constexpr,
+                                      BLOCK_C: tl.constexpr, BLOCK_T: tl.constexpr):
+    """One program per group: reduce the stage-1 tile sums (fixed order: deterministic, no atomics) into
+    coef[0|1, n, g] = mean over the group of w*dh and w*dh*xhat, dweight, dbias and per-channel dgamma/dbeta.
+    Replaces ~10 small torch launches between the two backward stages."""
+    g = tl.program_id(0)
+    cl = tl.arange(0, BLOCK_C)
+    cm = cl < Cg
+    c = (g * Cg + cl).to(tl.int64)
+    if HAS_W:
+        w = tl.load(w_ptr + c, mask=cm, other=0.0).to(ACC)
+    else:
+        w = tl.where(cm, 1.0, 0.0).to(ACC)
+    acc_dw = tl.zeros((BLOCK_C,), dtype=ACC)
+    acc_db = tl.zeros((BLOCK_C,), dtype=ACC)
+    for n in range(0, N):
+        s0 = tl.zeros((BLOCK_C,), dtype=ACC)
+        s1 = tl.zeros((BLOCK_C,), dtype=ACC)
+        s2 = tl.zeros((BLOCK_C,), dtype=ACC)
+        s3 = tl.zeros((BLOCK_C,), dtype=ACC)
+        row = (n * C + c) * NB
+        for t0 in range(0, NB, BLOCK_T):
+            t = t0 + tl.arange(0, BLOCK_T)
+            m = cm[:, None] & (t < NB)[None, :]
+            p = part_ptr + row[:, None] + t[None, :]
+            s0 += tl.sum(tl.load(p, mask=m, other=0.0), axis=1)
+            s1 += tl.sum(tl.load(p + plane, mask=m, other=0.0), axis=1)
+            if G_CHANNEL:
+                s2 += tl.sum(tl.load(p + 2 * plane, mask=m, other=0.0), axis=1)
+            if B_CHANNEL:
+                s3 += tl.sum(tl.load(p + 3 * plane, mask=m, other=0.0), axis=1)
+        acc_dw += s0
+        acc_db += s1
+        tl.store(coef_ptr + n * G + g, tl.sum(w * s1, axis=0) * inv_m)
+        tl.store(coef_ptr + N * G + n * G + g, tl.sum(w * s0, axis=0) * inv_m)
+        if G_CHANNEL:
+            tl.store(dg_ptr + n * sgon + c * sgoc, s2.to(dg_ptr.dtype.element_ty), mask=cm)
+        if B_CHANNEL:
+            tl.store(db_ptr + n * sbon + c * sboc, s3.to(db_ptr.dtype.element_ty), mask=cm)
+    if WANT_DW:
+        tl.store(dw_ptr + c, acc_dw.to(dw_ptr.dtype.element_ty), mask=cm)
+    if WANT_DBIAS:
+        tl.store(dbias_ptr + c, acc_db.to(dbias_ptr.dtype.element_ty), mask=cm)
+
+
 # ----------------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------------
@@ -520,19 +570,20 @@ def sft_group_norm_backward(grad, x, gamma, beta, num_groups: int, weight, bias,
     args = (*gs, *xs, *mod.gs, *mod.bs, *_strides(dx), *_strides(dgv), *_strides(dbv), slope)
     _sft_group_norm_bwd_kernel[grid](gf, xf, mod.g, mod.b, wt, bs, mean, rstd, part, dx, dgv,
                                      dgv if dbv is None else dbv, part, c, hw, cg, g, nb, *args, STAGE=1, **common)
-    # one fixed-order reduction over tiles (deterministic): sums[k, n, c]
-    sums = part.sum(-1)
-    wc = sums.new_ones(c) if weight is None else weight.to(cd)
-    # per-group coefficients of the GroupNorm backward: mean(w*dh) and mean(w*dh*xhat) over each group
-    coef = (sums[:2].flip(0) * wc).view(2, n, g, cg).sum(-1) / (cg * hw)
-    _sft_group_norm_bwd_kernel[grid](gf, xf, mod.g, mod.b, wt, bs, mean, rstd, coef.contiguous(), dx, dgv,
+    coef = _new((2, n, g), dtype=cd, device=x.device)
+    dw = C.empty_grad(x) if weight is None else _new(weight.shape, dtype=weight.dtype, device=x.device)
+    dbias = C.empty_grad(x) if bias is None else _new(bias.shape, dtype=bias.dtype, device=x.device)
+    g_channel = not mod.g_spatial
+    b_channel = mod.has_beta and not mod.b_spatial
+    rbc = triton.next_power_of_2(cg)
+    _sft_group_norm_bwd_reduce_kernel[(g,)](
+        part, coef, wt, dw if weight is not None else part, dbias if bias is not None else part,
+        dgv, dgv if dbv is None else dbv, n, c, cg, g, nb, n * c * nb, 1.0 / (cg * hw), dgv.stride(0), dgv.stride(1),
+        *((dbv.stride(0), dbv.stride(1)) if dbv is not None else (0, 0)), HAS_W=weight is not None,
+        WANT_DW=weight is not None, WANT_DBIAS=bias is not None, G_CHANNEL=g_channel, B_CHANNEL=b_channel,
+        ACC=_acc(x.dtype), BLOCK_C=rbc, BLOCK_T=max(1, min(triton.next_power_of_2(nb), _TUNE["REDUCE_TILE"] // rbc)), num_warps=4)
+    _sft_group_norm_bwd_kernel[grid](gf, xf, mod.g, mod.b, wt, bs, mean, rstd, coef, dx, dgv,
                                      dgv if dbv is None else dbv, part, c, hw, cg, g, nb, *args, STAGE=2, **common)
-    if not mod.g_spatial:
-        dgv.copy_(sums[2].view(n, c, 1, 1))
-    if mod.has_beta and not mod.b_spatial:
-        dbv.copy_(sums[3].view(n, c, 1, 1))
-    dw = C.empty_grad(x) if weight is None else sums[0].sum(0).to(weight.dtype)
-    dbias = C.empty_grad(x) if bias is None else sums[1].sum(0).to(bias.dtype)
     return dx, dg, (C.empty_grad(x) if db is None else db), dw, dbias
 
 
