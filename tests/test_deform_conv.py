@@ -19,7 +19,7 @@ from burstkern.ops import deform_conv2d
 from burstkern.ops.deform_conv import op as dc_op
 from burstkern.ops.deform_conv import reference
 
-from utils import DTYPES, TOL, assert_rel_close, fused_backends, poison_, rel_err, requires_cuda
+from utils import DTYPES, assert_rel_close, fused_backends, poison_, requires_cuda
 
 tv_ops = pytest.importorskip("torchvision.ops")
 

@@ -1,6 +1,5 @@
 """``deform_conv2d`` (modulated DCNv2): reference (the spec), Triton kernels, op registration."""
 
-from .. import _common  # noqa: F401
 from ... import _extension
 from .op import deform_conv2d
 

@@ -21,12 +21,15 @@ Backward, two kernels, neither with a buffer that grows with N*Cin*K*H*W:
 
 grad bias is ``grad_out.sum((0, 2, 3))`` in fp32.
 
-Numerics: fp32 inputs use ``input_precision="ieee"`` (fp32-accurate; no TF32), fp16/bf16 round the sampled tile to
-the input dtype for the tensor-core dot and accumulate in fp32 (see ``_dot_fp32`` for bf16 under the interpreter). float64 calls run the reference kernels (the spec
-dtype; these kernels target fp32/fp16/bf16).
+Numerics: fp32 inputs use ``input_precision="ieee"`` (fp32-accurate; no TF32). fp16/bf16 round the sampled tile to
+the input dtype for the tensor-core dot (bf16 as hi + lo parts in the forward) and accumulate in fp32; see
+``_dot_fp32`` for bf16 under the interpreter. float64 calls run the reference kernels (the spec dtype; these
+kernels target fp32/fp16/bf16).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import triton
@@ -394,15 +397,8 @@ def _dims(input, offset, weight):
 
 
 def _device_ctx(t):
-    return torch.cuda.device(t.device) if t.is_cuda else _Null()
-
-
-class _Null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
+    # Triton launches on the current device: make it the tensors' one
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def deform_conv2d_forward(input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask):
