@@ -497,3 +497,65 @@ def test_fused_compile_fullgraph(backend):
                                  Cfg(n=2, cin=64, cout=64, h=40, w=40, og=1, offset_scale=20.0)], ids=str)
 def test_fused_parity_gpu_shapes(backend, cfg, dtype, poison):
     _parity(backend, cfg, dtype, seed=31)
+
+
+# ----------------------------------------------------------------------------------------------
+# the Triton kernels compile for a real GPU target (the interpreter accepts code the compiler may not)
+# ----------------------------------------------------------------------------------------------
+_AOT_SCRIPT = r'''
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from burstkern.ops.deform_conv import triton as T
+
+target = GPUTarget("cuda", 90, 32)
+
+
+def build(fn, dt, consts, special):
+    sig = {}
+    for name in fn.arg_names:
+        if name in consts:
+            sig[name] = "constexpr"
+        elif name in special:
+            sig[name] = special[name]
+        elif name.endswith("_ptr"):
+            sig[name] = "*" + dt
+        else:
+            sig[name] = "i64" if name in ("p_start", "p_end") else "i32"
+    k = triton.compile(ASTSource(fn, sig, constexprs=consts), target=target, options={"num_warps": 4})
+    assert k.asm.get("cubin"), fn
+    print("ok", fn.__name__, dt, consts)
+
+
+BW = dict(gi_ptr="*fp32", cidx_ptr="*i64", cval_ptr="*fp32", ws_ptr="*fp32")
+for dt, mask, uni in (("fp32", True, True), ("bf16", False, False), ("fp16", True, False)):
+    build(T._deform_conv2d_fwd_kernel, dt, dict(KH=3, KW=3, HAS_MASK=mask, HAS_BIAS=mask, OG_UNIFORM=uni,
+          IEEE=dt == "fp32", SPLIT_BF16=dt == "bf16", BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), BW)
+for dt, mask, det in (("fp32", True, False), ("bf16", False, True)):
+    build(T._deform_conv2d_bwd_kernel, dt, dict(KH=3, KW=3, HAS_MASK=mask, DETERMINISTIC=det, IEEE=dt == "fp32",
+          BLOCK_M=64, BLOCK_N=64, BLOCK_K=16), BW)
+for dt, mask, uni in (("fp32", True, True), ("bf16", False, False)):
+    build(T._deform_conv2d_bwd_weight_kernel, dt, dict(KH=3, KW=3, HAS_MASK=mask, OG_UNIFORM=uni, IEEE=dt == "fp32",
+          BLOCK_M=64, BLOCK_N=64, BLOCK_K=32), BW)
+'''
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the parity tests compile the kernels for real")
+def test_triton_kernels_compile_for_sm90():
+    """Ahead-of-time compile every kernel variant family to an sm_90 cubin (no GPU needed: Triton's ptxas)."""
+    import os
+    import subprocess
+    import sys
+
+    triton = pytest.importorskip("triton")
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        pytest.skip("Triton's NVIDIA backend (ptxas) is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.stdout.count("ok ") == 7, proc.stdout
