@@ -13,7 +13,7 @@ from torch import nn
 import burstkern
 from burstkern.nn import SFT, ScaleShiftGroupNorm, SPADEGroupNorm
 
-from utils import TOL, assert_rel_close, fused_backends
+from utils import assert_rel_close, fused_backends
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,7 +157,8 @@ def _merged_grad(name, peer_params):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype,act,layout", [(torch.float64, None, "contiguous"), (torch.float32, "silu", "channels_last"),
+@pytest.mark.parametrize("dtype,act,layout", [(torch.float64, None, "contiguous"),
+                                              (torch.float32, "silu", "channels_last"),
                                               (torch.bfloat16, None, "contiguous")])
 def test_spade_group_norm_matches_bsrd_spade(backend, dtype, act, layout):
     if dtype == torch.float64 and backend != "reference":

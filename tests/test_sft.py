@@ -11,7 +11,6 @@ chunked statistics merge run on those small shapes too. Bigger shapes run only w
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 import torch
@@ -472,6 +471,9 @@ TINY_TILE_CASES = [
     Case(op="gn", n=2, c=12, h=5, w=7, groups=2, form="merged", act="silu", layout="contiguous"),
     Case(op="gn", n=1, c=12, h=9, w=6, groups=3, form="mixed", act="leaky_relu(0.2)", layout="channels_last"),
     Case(op="gn", n=2, c=6, h=7, w=5, groups=1, form="channel", act="relu", layout="sliced", weight=False),
+    # channels_last statistics read several whole groups per program: a last program with fewer groups, cg = 1, 2
+    Case(op="gn", n=2, c=9, h=5, w=3, groups=9, form="merged_channel", act="silu", layout="channels_last"),
+    Case(op="gn", n=1, c=10, h=3, w=5, groups=5, form="spatial", act=None, layout="channels_last", bias=False),
     Case(op="mod", n=2, c=5, h=7, w=5, form="merged_channel", act="silu", layout="channels_last"),
     Case(op="mod", n=1, c=6, h=9, w=3, form="mixed", act=None, layout="sliced"),
 ]
@@ -517,11 +519,26 @@ def test_fused_group_norm_large_mean(backend, tiles, poisoned, request):
 
 
 @pytest.mark.parametrize("backend", fused_backends("sft_group_norm", "cpu"))
+def test_fused_group_norm_channels_last_many_groups(backend, poisoned):
+    """GroupNorm32 of 96 channels (3 per group), channels_last: 21 groups per statistics program, 11 in the last."""
+    check_parity(Case(op="gn", n=1, c=96, h=3, w=3, groups=32, form="spatial", act="relu", layout="channels_last"),
+                 torch.float32, backend)
+
+
+@pytest.mark.parametrize("backend", fused_backends("sft_group_norm", "cpu"))
 def test_fused_spatial_one_by_one(backend, poisoned):
     """x of 1x1 spatial size (every modulation is per-channel then) and eps = 0."""
     check_parity(Case(op="gn", n=3, c=8, h=1, w=2, groups=4, form="merged_channel", act="silu", eps=0.0),
                  torch.float32, backend)
     check_parity(Case(op="mod", n=3, c=8, h=1, w=1, form="merged", act="relu"), torch.float32, backend)
+
+
+@pytest.mark.parametrize("backend", fused_backends("sft_group_norm", "cpu"))
+@pytest.mark.parametrize("op", ["mod", "gn"])
+def test_fused_fp64(op, backend, poisoned):
+    """fp64 inputs run with fp64 statistics and math (not fp32): fp64 tolerance."""
+    check_parity(Case(op=op, n=2, c=6, h=5, w=3, groups=3, form="mixed", act="silu", layout="channels_last"),
+                 torch.float64, backend)
 
 
 @pytest.mark.parametrize("backend", fused_backends("sft_group_norm", "cpu"))

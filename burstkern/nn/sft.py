@@ -165,8 +165,9 @@ class ScaleShiftGroupNorm(nn.Module):
         scale_shift = self.emb_layers(emb)[:, :, None, None]
         if x.dim() == 3:
             scale_shift = scale_shift[..., 0]
-        return sft_group_norm(x, _as(scale_shift, x.dtype), None, self.norm.num_groups, _as(self.norm.weight, x.dtype),
-                              _as(self.norm.bias, x.dtype), self.norm.eps, act=self.act)
+        norm = self.norm
+        return sft_group_norm(x, _as(scale_shift, x.dtype), None, norm.num_groups, _as(norm.weight, x.dtype),
+                              _as(norm.bias, x.dtype), norm.eps, act=self.act)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, act={self.act!r}"

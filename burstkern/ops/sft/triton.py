@@ -14,12 +14,17 @@ Kernels:
   per-channel gamma/beta are per-tile row sums written to a ``[N, C, n_hw_tiles]`` buffer and then reduced once
   (deterministic, no atomics).
 * ``_sft_group_norm_stats_kernel``: per (sample, group, HW chunk) count/mean/M2 in fp32 (fp64 for fp64), tiles
-  merged with Chan's parallel formula (robust for large means, unlike sum/sum-of-squares).
+  merged with Chan's parallel formula (robust for large means, unlike sum/sum-of-squares). NCHW: one group per
+  program; channels_last: several whole groups per program, so each pixel's channels are read together.
 * ``_sft_group_norm_fwd_kernel``: merges the chunk statistics of its channels' groups, then
   normalise + affine + modulate + act in one pass; also writes mean/rstd ``[N, G]`` for the backward.
 * ``_sft_group_norm_bwd_kernel``: STAGE 1 recomputes the normalised value from x, mean, rstd, writes spatial
   dgamma/dbeta and per-tile partial sums (dweight, dbias, per-channel dgamma/dbeta, and the two per-group
-  sums of the GroupNorm backward); STAGE 2 recomputes again and writes dx. No normalised tensor is stored.
+  sums of the GroupNorm backward); ``_sft_group_norm_bwd_reduce_kernel`` reduces them in a fixed order (one
+  program per group); STAGE 2 recomputes again and writes dx. No normalised tensor is stored.
+
+Launches: sft_modulate 1 forward, 1 backward (+ a torch sum per per-channel gradient); sft_group_norm 2 forward,
+3 backward.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import triton.language as tl
 
 from .. import _common as C
 from ...backend import register_kernel
-from .op import OP_GN, OP_GN_BWD, OP_MOD, OP_MOD_BWD, group_norm_grad_layouts
+from .op import OP_GN, OP_GN_BWD, OP_MOD, OP_MOD_BWD
 
 # Tile sizes (elements per program ~ TILE) and the chunk cap of the statistics pass. Tests shrink them to
 # reach every loop and merge path on small inputs.
@@ -153,48 +158,60 @@ def _sft_modulate_bwd_kernel(dy_ptr, x_ptr, g_ptr, b_ptr, dx_ptr, dg_ptr, db_ptr
             tl.store(db_ptr + n * sbon + c[:, None] * sboc + hw[None, :] * sbohw, du.to(db_ptr.dtype.element_ty),
                      mask=m)
         else:
-            tl.store(part_ptr + C * NB * tl.num_programs(2) + prow, tl.sum(du, axis=1), mask=c_mask)
+            tl.store(part_ptr + tl.num_programs(2).to(tl.int64) * C * NB + prow, tl.sum(du, axis=1), mask=c_mask)
 
 
 # ----------------------------------------------------------------------------------------------
 # sft_group_norm
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _sft_group_norm_stats_kernel(x_ptr, part_ptr, HW, Cg, G, CHUNK, NCHUNK, sxn, sxc, sxhw,
-                                 ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    """part[0|1|2, n*G + g, chunk] = count, mean, M2 of the chunk's elements of group g of sample n."""
+def _sft_group_norm_stats_kernel(x_ptr, part_ptr, C, HW, Cg, G, CHUNK, NCHUNK, PLANE, sxn, sxc, sxhw,
+                                 GB: tl.constexpr, GB_P2: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+                                 BLOCK_HW: tl.constexpr):
+    """part[0|1|2, n*G + g, chunk] = count, mean, M2 of the chunk's elements of group g of sample n, for the GB
+    groups g0 .. g0+GB-1 of this program. GB > 1 (channels_last): one tile spans several whole groups, so a
+    pixel's channels are read together (a lone group of 4 bf16 channels would use 8 bytes of each 32-byte
+    sector); the per-group sums of a tile come from its per-channel row sums through a one-hot [GB, BLOCK_C]."""
     chunk = tl.program_id(0)
-    ng = tl.program_id(1)
-    n = (ng // G).to(tl.int64)
-    g = ng % G
+    row_id = tl.program_id(1)
+    gpn = tl.cdiv(G, GB)
+    n = (row_id // gpn).to(tl.int64)
+    g0 = (row_id % gpn) * GB
     hw_start = chunk.to(tl.int64) * CHUNK
     hw_end = tl.minimum(hw_start + CHUNK, HW)
-    cnt = tl.zeros((), dtype=ACC)
-    mean = tl.zeros((), dtype=ACC)
-    m2 = tl.zeros((), dtype=ACC)
-    for c0 in range(0, Cg, BLOCK_C):
+    gl = tl.arange(0, GB_P2)
+    span = GB * Cg
+    cnt = tl.zeros((GB_P2,), dtype=ACC)
+    mean = tl.zeros((GB_P2,), dtype=ACC)
+    m2 = tl.zeros((GB_P2,), dtype=ACC)
+    for c0 in range(0, span, BLOCK_C):
         cl = c0 + tl.arange(0, BLOCK_C)
-        c = (g * Cg + cl).to(tl.int64)
+        c = (g0 * Cg + cl).to(tl.int64)
+        c_ok = (cl < span) & (c < C)
+        onehot = ((cl // Cg)[None, :] == gl[:, None]) & c_ok[None, :]
+        oh = onehot.to(ACC)
         for h0 in range(hw_start, hw_end, BLOCK_HW):
             hw = h0 + tl.arange(0, BLOCK_HW)
-            m = (cl < Cg)[:, None] & (hw < hw_end)[None, :]
+            m = c_ok[:, None] & (hw < hw_end)[None, :]
             x = tl.load(x_ptr + n * sxn + c[:, None] * sxc + hw[None, :] * sxhw, mask=m, other=0.0).to(ACC)
-            # tile mean/M2 exactly, then Chan's merge: no catastrophic cancellation for large means
-            t_cnt = tl.sum(m.to(ACC), axis=1)
-            t_cnt = tl.sum(t_cnt, axis=0)
-            t_mean = tl.sum(tl.sum(x, axis=1), axis=0) / t_cnt
-            d = tl.where(m, x - t_mean, 0.0)
-            t_m2 = tl.sum(tl.sum(d * d, axis=1), axis=0)
+            # tile mean/M2 per group exactly, then Chan's merge: no catastrophic cancellation for large means
+            t_cnt = tl.sum(oh * tl.sum(m.to(ACC), axis=1)[None, :], axis=1)
+            t_mean = tl.sum(oh * tl.sum(x, axis=1)[None, :], axis=1) / tl.maximum(t_cnt, 1.0)
+            mean_c = tl.sum(oh * t_mean[:, None], axis=0)
+            d = tl.where(m, x - mean_c[:, None], 0.0)
+            t_m2 = tl.sum(oh * tl.sum(d * d, axis=1)[None, :], axis=1)
             new_cnt = cnt + t_cnt
             delta = t_mean - mean
-            mean += delta * (t_cnt / new_cnt)
-            m2 += t_m2 + delta * delta * (cnt * t_cnt / new_cnt)
+            frac = t_cnt / tl.maximum(new_cnt, 1.0)
+            mean += delta * frac
+            m2 += t_m2 + delta * delta * cnt * frac
             cnt = new_cnt
-    row = ng.to(tl.int64) * NCHUNK + chunk
-    plane = tl.num_programs(1).to(tl.int64) * NCHUNK
-    tl.store(part_ptr + row, cnt)
-    tl.store(part_ptr + plane + row, mean)
-    tl.store(part_ptr + 2 * plane + row, m2)
+    g = g0 + gl
+    ok = (gl < GB) & (g < G)
+    row = (n * G + g) * NCHUNK + chunk
+    tl.store(part_ptr + row, cnt, mask=ok)
+    tl.store(part_ptr + PLANE + row, mean, mask=ok)
+    tl.store(part_ptr + 2 * PLANE + row, m2, mask=ok)
 
 
 @triton.jit
@@ -496,10 +513,10 @@ def sft_modulate_backward(grad, x, gamma, beta, act: int, slope: float):
     return dx, dg, (C.empty_grad(x) if db is None else db)
 
 
-def _stat_chunks(n: int, groups: int, hw: int, bhw: int):
-    """(chunk length, number of chunks): enough (sample, group, chunk) programs to fill the GPU."""
+def _stat_chunks(rows: int, hw: int, bhw: int):
+    """(chunk length, number of chunks): enough (row of groups, chunk) programs to fill the GPU."""
     tiles = triton.cdiv(hw, bhw)
-    want = max(1, min(tiles, _TUNE["MAX_CHUNKS"], triton.cdiv(_TUNE["STAT_PROGRAMS"], n * groups)))
+    want = max(1, min(tiles, _TUNE["MAX_CHUNKS"], triton.cdiv(_TUNE["STAT_PROGRAMS"], rows)))
     chunk = triton.cdiv(tiles, want) * bhw
     return chunk, triton.cdiv(hw, chunk)
 
@@ -520,12 +537,16 @@ def sft_group_norm_forward(x, gamma, beta, num_groups: int, weight, bias, eps: f
     xf, xs = _flat(x, fmt)
     cl = fmt == torch.channels_last
     acc = _acc(x.dtype)
-    # statistics: tiles inside one group (BLOCK_C <= channels per group)
-    sbc, sbhw = _blocks(cg, hw, cl)
-    chunk, nchunk = _stat_chunks(n, g, hw, sbhw)
+    # statistics: NCHW reads one group per program (its channels are contiguous planes); channels_last reads
+    # several whole groups per program so each pixel's channels come in together
+    gb = max(1, min(g, _TUNE["MAX_BLOCK_C"] // cg)) if cl else 1
+    sbc, sbhw = _blocks(gb * cg, hw, cl)
+    rows = n * triton.cdiv(g, gb)
+    chunk, nchunk = _stat_chunks(rows, hw, sbhw)
     part = _new((3, n * g, nchunk), dtype=cd, device=x.device)
-    _sft_group_norm_stats_kernel[(nchunk, n * g)](xf, part, hw, cg, g, chunk, nchunk, *xs, ACC=acc, BLOCK_C=sbc,
-                                                   BLOCK_HW=sbhw, num_warps=_warps(sbc, sbhw))
+    _sft_group_norm_stats_kernel[(nchunk, rows)](xf, part, c, hw, cg, g, chunk, nchunk, n * g * nchunk, *xs, GB=gb,
+                                                 GB_P2=triton.next_power_of_2(gb), ACC=acc, BLOCK_C=sbc,
+                                                 BLOCK_HW=sbhw, num_warps=_warps(sbc, sbhw))
     mod = _Mod(x, gamma, beta, fmt)
     bc, bhw = _blocks(c, hw, cl)
     grid = (triton.cdiv(hw, bhw), triton.cdiv(c, bc), n)
@@ -576,12 +597,13 @@ def sft_group_norm_backward(grad, x, gamma, beta, num_groups: int, weight, bias,
     g_channel = not mod.g_spatial
     b_channel = mod.has_beta and not mod.b_spatial
     rbc = triton.next_power_of_2(cg)
+    rbt = max(1, min(triton.next_power_of_2(nb), _TUNE["REDUCE_TILE"] // rbc))
     _sft_group_norm_bwd_reduce_kernel[(g,)](
         part, coef, wt, dw if weight is not None else part, dbias if bias is not None else part,
         dgv, dgv if dbv is None else dbv, n, c, cg, g, nb, n * c * nb, 1.0 / (cg * hw), dgv.stride(0), dgv.stride(1),
         *((dbv.stride(0), dbv.stride(1)) if dbv is not None else (0, 0)), HAS_W=weight is not None,
         WANT_DW=weight is not None, WANT_DBIAS=bias is not None, G_CHANNEL=g_channel, B_CHANNEL=b_channel,
-        ACC=_acc(x.dtype), BLOCK_C=rbc, BLOCK_T=max(1, min(triton.next_power_of_2(nb), _TUNE["REDUCE_TILE"] // rbc)), num_warps=4)
+        ACC=_acc(x.dtype), BLOCK_C=rbc, BLOCK_T=rbt, num_warps=4)
     _sft_group_norm_bwd_kernel[grid](gf, xf, mod.g, mod.b, wt, bs, mean, rstd, coef, dx, dgv,
                                      dgv if dbv is None else dbv, part, c, hw, cg, g, nb, *args, STAGE=2, **common)
     return dx, dg, (C.empty_grad(x) if db is None else db), dw, dbias
