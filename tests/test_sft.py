@@ -6,6 +6,8 @@ and activations, with every buffer the Triton launchers allocate poisoned with N
 Fused backends run on the CPU through the Triton interpreter when there is no GPU, so shapes stay small here
 (N <= 3, C <= 16, H, W <= 9); the Triton tile sizes are shrunk in some tests so the multi-tile loops and the
 chunked statistics merge run on those small shapes too. Bigger shapes run only when a GPU is present.
+(Triton's interpreter rounds fp32 -> bf16 by truncation, the GPU to nearest even, so bf16 errors here are about
+twice the GPU's; they still sit well inside the 1e-2 bound.)
 """
 
 from __future__ import annotations
@@ -286,15 +288,16 @@ def test_opcheck_backward_reference(case):
         _opcheck_backward(case)
 
 
+@pytest.mark.parametrize("backend", _opcheck_backends())
 @pytest.mark.parametrize("op", ["mod", "gn"])
-def test_compile_fullgraph_matches_eager(op):
+def test_compile_fullgraph_matches_eager(op, backend):
     case = Case(op=op, form="merged", act="leaky_relu(0.2)", layout="channels_last", groups=2)
     ins = make_inputs(case, torch.float32, seed=8)
-    eager_out, eager_grads, dy = run(case, ins, "reference")
+    eager_out, eager_grads, dy = run(case, ins, backend)
     torch._dynamo.reset()
     compiled = torch.compile(lambda **kw: call(case, **kw), fullgraph=True)
     leaves = {k: v.detach().requires_grad_() for k, v in ins.items() if v is not None}
-    with burstkern.backend("reference"):
+    with burstkern.backend(backend):
         out = compiled(**{k: leaves.get(k) for k in ins})
         grads = torch.autograd.grad(out, list(leaves.values()), dy)
     assert out.is_contiguous(memory_format=torch.channels_last)
