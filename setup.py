@@ -121,7 +121,7 @@ if not ext_modules:
     if env_on("BURSTKERN_FORCE_CUDA"):
         raise RuntimeError(f"BURSTKERN_FORCE_CUDA=1 but the CUDA extension cannot be built: {build_info['reason']}")
     say(f"CUDA extension not built ({build_info['reason']}); the reference and Triton backends still work")
-write_build_info(build_info)
+    write_build_info(build_info)  # when building, BuildExt writes the record once the outcome is known
 
 setup(
     ext_modules=ext_modules,
