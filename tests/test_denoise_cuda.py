@@ -293,34 +293,35 @@ def test_gradients(dev, dtype, layout, shape):
     s_sc = make_sigma(n, "scalar", 2, lo=0.05, hi=20.0, device=dev)
     gl = make((n,), dtype, seed=7, device=dev)
 
-    def grads(fn, inputs, cot, be):
+    def grads(fn, inputs, cot, sigma, be):
+        # the reference runs fp64 on the CPU; σ that is not differentiated is passed along as a constant
         up = be == "reference"
         with burstkern.backend(be):
             ins = [_req(t.detach().cpu().double() if up else t) for t in inputs]
-            outs = fn(*ins)
+            outs = fn(*ins, sigma=sigma.cpu() if up else sigma)
             outs = outs if isinstance(outs, tuple) else (outs,)
             return torch.autograd.grad(outs, ins, [c.cpu().double() if up else c for c in cot])
 
     cases = []
-    for s in (s_ps, s_sc):
+    for s in (s_ps, s_sc):  # σ differentiated: a per-sample sum, or one sum over everything
         cases += [
-            ("combine edm", lambda a, b, c: ops.denoise_combine(a, b, c, return_d=True), (x, F, s), (gD, gd)),
-            ("combine cm", lambda a, b, c: ops.denoise_combine(a, b, c, mode="cm", return_d=True), (x, F, s),
+            ("combine edm", lambda a, b, c, sigma: ops.denoise_combine(a, b, c, return_d=True), (x, F, s), (gD, gd)),
+            ("combine cm", lambda a, b, c, sigma: ops.denoise_combine(a, b, c, mode="cm", return_d=True), (x, F, s),
              (gD, gd)),
-            ("combine D", lambda a, b, c: ops.denoise_combine(a, b, c), (x, F, s), (gD,)),
+            ("combine D", lambda a, b, c, sigma: ops.denoise_combine(a, b, c), (x, F, s), (gD,)),
         ]
-    s = s_ps
-    cases += [
-        ("combine no σ", lambda a, b: ops.denoise_combine(a, b, s, return_d=True), (x, F), (gD, gd)),
-        ("cm_update clamp", lambda a, b: ops.cm_update(a, b, s, clamp=1.0), (x, F), (gD,)),
-        ("cm_update", lambda a, b: ops.cm_update(a, b, s), (x, F), (gD,)),
-        ("edm_loss", lambda a, b, c: ops.edm_loss(a, b, c, s), (x, F, y), (gl,)),
-        ("edm_loss scalar σ", lambda a, b, c: ops.edm_loss(a, b, c, s_sc), (x, F, y), (gl,)),
-        ("add_noise", lambda a, e: ops.add_noise(a, s, noise=e), (x, y), (gD,)),
-    ]
-    for name, fn, inputs, cot in cases:
-        got = grads(fn, inputs, cot, "cuda")
-        want = grads(fn, inputs, cot, "reference")
+    cases = [case + (s_ps,) for case in cases]  # σ among the inputs: the trailing σ is unused
+    for s in (s_ps, s_sc):  # σ a constant, per-sample or scalar
+        cases += [
+            ("combine no σ", lambda a, b, sigma: ops.denoise_combine(a, b, sigma, return_d=True), (x, F), (gD, gd), s),
+            ("cm_update clamp", lambda a, b, sigma: ops.cm_update(a, b, sigma, clamp=1.0), (x, F), (gD,), s),
+            ("cm_update", lambda a, b, sigma: ops.cm_update(a, b, sigma), (x, F), (gD,), s),
+            ("edm_loss", lambda a, b, c, sigma: ops.edm_loss(a, b, c, sigma), (x, F, y), (gl,), s),
+            ("add_noise", lambda a, e, sigma: ops.add_noise(a, sigma, noise=e), (x, y), (gD,), s),
+        ]
+    for name, fn, inputs, cot, sigma in cases:
+        got = grads(fn, inputs, cot, sigma, "cuda")
+        want = grads(fn, inputs, cot, sigma, "reference")
         for i, (a, b) in enumerate(zip(got, want)):
             if a.shape == x.shape:
                 assert_rel_close(a, b, dtype, f"{name} grad {i}")
