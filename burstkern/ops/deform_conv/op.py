@@ -86,12 +86,10 @@ def _reference_forward(input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask
     return C.to_format(out, C.memory_format_of(input))
 
 
-_reference_vjp = C.vjp_backward(reference.deform_conv2d, diff_argnums=(0, 1, 2, 3, 10))
-
-
 @register_kernel(OP_BWD, "reference")
 def _reference_backward(grad, input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask):
-    grads = _reference_vjp((grad,), input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask)
+    grads = reference.deform_conv2d_backward(grad, input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask)
+    grads = tuple(C.empty_grad(input) if g is None else g for g in grads)
     layouts = _backward_layouts(input, offset, weight, bias, mask)
     return tuple(C.match_layout(g, lay) for g, lay in zip(grads, layouts))
 

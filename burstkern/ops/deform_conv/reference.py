@@ -27,9 +27,13 @@ def output_size(h: int, w: int, kh: int, kw: int, stride, padding, dilation) -> 
     return ho, wo
 
 
-def bilinear_columns(inp: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor], kh: int, kw: int,
-                     stride, padding, dilation) -> torch.Tensor:
-    """Sampled (and masked) columns ``[N, Cin, K, Ho*Wo]`` in ``inp``'s dtype."""
+def _corners(inp: torch.Tensor, offset: torch.Tensor, kh: int, kw: int, stride, padding, dilation):
+    """The bilinear stencil of every sample point.
+
+    Returns ``img`` ``[N, og, Cin/og, H*W]`` and, per corner, ``(idx, wy, wx, valid, sy, sx)`` of shape
+    ``[N, og, 1, K*Ho*Wo]``: flat corner index (clamped), the two 1-D weights, whether the corner lies in the
+    image, and the signs of d(wy)/dy and d(wx)/dx (floor() is locally constant, so these are the derivatives).
+    """
     n, cin, h, w = inp.shape
     k = kh * kw
     og = offset.shape[1] // (2 * k)
@@ -48,16 +52,29 @@ def bilinear_columns(inp: torch.Tensor, offset: torch.Tensor, mask: Optional[tor
     y0 = torch.floor(py)
     x0 = torch.floor(px)
     ly, lx = py - y0, px - x0
-    img = inp.reshape(n, og, cin // og, h * w)
-    cols = None
-    for dy, wy in ((0, 1 - ly), (1, ly)):
-        for dx, wx in ((0, 1 - lx), (1, lx)):
+    corners = []
+    for dy, wy, sy in ((0, 1 - ly, -1.0), (1, ly, 1.0)):
+        for dx, wx, sx in ((0, 1 - lx, -1.0), (1, lx, 1.0)):
             yc, xc = y0 + dy, x0 + dx
-            valid = (yc >= 0) & (yc <= h - 1) & (xc >= 0) & (xc <= w - 1)
+            valid = ((yc >= 0) & (yc <= h - 1) & (xc >= 0) & (xc <= w - 1)).to(dt)
             idx = (yc.clamp(0, h - 1) * w + xc.clamp(0, w - 1)).long()
-            v = torch.gather(img, 3, idx.expand(n, og, cin // og, idx.shape[-1]))
-            term = v * (wy * wx * valid.to(dt))
-            cols = term if cols is None else cols + term
+            corners.append((idx, wy, wx, valid, sy, sx))
+    return inp.reshape(n, og, cin // og, h * w), corners
+
+
+def _gather(img: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return torch.gather(img, 3, idx.expand(*img.shape[:3], idx.shape[-1]))
+
+
+def bilinear_columns(inp: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor], kh: int, kw: int,
+                     stride, padding, dilation) -> torch.Tensor:
+    """Sampled (and masked) columns ``[N, Cin, K, Ho*Wo]`` in ``inp``'s dtype."""
+    n, cin = inp.shape[:2]
+    k = kh * kw
+    og = offset.shape[1] // (2 * k)
+    ho, wo = offset.shape[2], offset.shape[3]
+    img, corners = _corners(inp, offset, kh, kw, stride, padding, dilation)
+    cols = sum(_gather(img, idx) * (wy * wx * valid) for idx, wy, wx, valid, _, _ in corners)
     cols = cols.view(n, og, cin // og, k, ho * wo)
     if mask is not None:
         cols = cols * mask.reshape(n, og, 1, k, ho * wo)
@@ -78,6 +95,13 @@ def _forward_chunk(inp, offset, weight, bias, stride, padding, dilation, mask):
     return out
 
 
+def _chunks(inp: torch.Tensor, weight: torch.Tensor, offset: torch.Tensor):
+    """Batch slices whose column buffer stays under _MAX_COLUMN_ELEMENTS (at least one, also for N == 0)."""
+    per_sample = max(1, inp.shape[1] * weight.shape[2] * weight.shape[3] * offset.shape[2] * offset.shape[3])
+    step = max(1, _MAX_COLUMN_ELEMENTS // per_sample)
+    return [slice(s, s + step) for s in range(0, max(inp.shape[0], 1), step)]
+
+
 def deform_conv2d(inp: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                   stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
                   mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -85,14 +109,62 @@ def deform_conv2d(inp: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
     stride, padding, dilation = (stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w)
     cd = compute_dtype(inp.dtype)
     up = lambda t: None if t is None else t.to(cd)  # noqa: E731
-    n = inp.shape[0]
-    cin, k = inp.shape[1], weight.shape[2] * weight.shape[3]
-    per_sample = max(1, cin * k * offset.shape[2] * offset.shape[3])
-    step = max(1, _MAX_COLUMN_ELEMENTS // per_sample)
-    outs = []
-    for s in range(0, max(n, 1), step):
-        sl = slice(s, s + step)
-        outs.append(_forward_chunk(up(inp[sl]), up(offset[sl]), up(weight), up(bias), stride, padding, dilation,
-                                   None if mask is None else up(mask[sl])))
+    outs = [_forward_chunk(up(inp[sl]), up(offset[sl]), up(weight), up(bias), stride, padding, dilation,
+                           None if mask is None else up(mask[sl]))
+            for sl in _chunks(inp, weight, offset)]
     out = torch.cat(outs) if len(outs) > 1 else outs[0]
     return out.to(inp.dtype)
+
+
+def deform_conv2d_backward(grad: torch.Tensor, inp: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor,
+                           bias: Optional[torch.Tensor], stride_h: int, stride_w: int, pad_h: int, pad_w: int,
+                           dil_h: int, dil_w: int, mask: Optional[torch.Tensor]):
+    """Closed-form gradients of :func:`deform_conv2d`: (grad_input, grad_offset, grad_weight, grad_bias, grad_mask),
+    None for an absent bias/mask. Equal to autograd through the forward above (and to torchvision's backward).
+
+    Written out rather than derived with torch.func inside the op, so the backward op also runs under
+    opcheck's schema, fake and AOT modes.
+    """
+    stride, padding, dilation = (stride_h, stride_w), (pad_h, pad_w), (dil_h, dil_w)
+    cd = compute_dtype(inp.dtype)
+    n, cin, h, w = inp.shape
+    cout, cin_g, kh, kw = weight.shape
+    groups, k = cin // cin_g, kh * kw
+    og = offset.shape[1] // (2 * k)
+    ho, wo = offset.shape[2], offset.shape[3]
+    wmat = weight.to(cd).reshape(groups, cout // groups, cin_g * k)
+    g_input = torch.zeros(inp.shape, dtype=cd, device=inp.device)
+    g_offset = torch.zeros(offset.shape, dtype=cd, device=inp.device)
+    g_mask = None if mask is None else torch.zeros(mask.shape, dtype=cd, device=inp.device)
+    g_weight = torch.zeros(wmat.shape, dtype=cd, device=inp.device)
+    for sl in _chunks(inp, weight, offset):
+        x, off = inp[sl].to(cd), offset[sl].to(cd)
+        m = x.shape[0]
+        if m == 0:
+            continue
+        img, corners = _corners(x, off, kh, kw, stride, padding, dilation)
+        sampled = sum(_gather(img, idx) * (wy * wx * valid) for idx, wy, wx, valid, _, _ in corners)
+        sampled = sampled.view(m, og, cin // og, k, ho * wo)
+        msk = None if mask is None else mask[sl].to(cd).reshape(m, og, 1, k, ho * wo)
+        cols = sampled if msk is None else sampled * msk
+        g_out = grad[sl].to(cd).reshape(m, groups, cout // groups, ho * wo)
+        g_weight += torch.einsum("ngol,ngkl->gok", g_out, cols.reshape(m, groups, cin_g * k, ho * wo))
+        g_cols = torch.einsum("gok,ngol->ngkl", wmat, g_out).reshape(m, og, cin // og, k, ho * wo)
+        if msk is not None:
+            g_mask[sl] = (g_cols * sampled).sum(2).reshape(m, og * k, ho, wo)
+            g_cols = g_cols * msk
+        g_cols = g_cols.reshape(m, og, cin // og, k * ho * wo)
+        g_img = torch.zeros_like(img)
+        g_y = g_x = 0
+        for idx, wy, wx, valid, sy, sx in corners:
+            g_img.scatter_add_(3, idx.expand_as(g_cols), g_cols * (wy * wx * valid))
+            g_v = (g_cols * _gather(img, idx)).sum(2, keepdim=True)
+            g_y = g_y + g_v * (sy * wx * valid)
+            g_x = g_x + g_v * (wy * sx * valid)
+        g_input[sl] = g_img.reshape(m, cin, h, w)
+        g_off = g_offset[sl].view(m, og, k, 2, ho, wo)
+        g_off[:, :, :, 0] = g_y.reshape(m, og, k, ho, wo)
+        g_off[:, :, :, 1] = g_x.reshape(m, og, k, ho, wo)
+    g_bias = None if bias is None else grad.to(cd).sum((0, 2, 3)).to(bias.dtype)
+    return (g_input.to(inp.dtype), g_offset.to(offset.dtype), g_weight.reshape(weight.shape).to(weight.dtype),
+            g_bias, None if mask is None else g_mask.to(mask.dtype))
