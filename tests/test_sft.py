@@ -278,11 +278,7 @@ def test_opcheck_backward(case, backend):
         _opcheck_backward(case)
 
 
-@pytest.mark.xfail(strict=True, raises=Exception,
-                   reason="the reference backward (C.vjp_backward: torch.func.vjp inside the op body) cannot run "
-                          "under opcheck's schema/fake/aot modes ('Cannot access storage of TensorWrapper'); "
-                          "the fused backends' backward passes opcheck above")
-@pytest.mark.parametrize("case", [OPCHECK_CASES[0], OPCHECK_CASES[3]], ids=str)
+@pytest.mark.parametrize("case", OPCHECK_CASES, ids=str)
 def test_opcheck_backward_reference(case):
     with burstkern.backend("reference"):
         _opcheck_backward(case)

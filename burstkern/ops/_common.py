@@ -7,7 +7,7 @@ and autograd). Everything they share lives here once.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 
@@ -65,34 +65,6 @@ def match_layout(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def empty_grad(ref: torch.Tensor) -> torch.Tensor:
     """Placeholder returned by backward ops for an absent optional input (custom ops cannot return None)."""
     return ref.new_empty((0,))
-
-
-def vjp_backward(forward: Callable, diff_argnums: Sequence[int]) -> Callable:
-    """A reference backward derived from a reference forward by ``torch.func.vjp``.
-
-    The returned ``backward(grad_outputs, *inputs)`` differentiates ``forward(*inputs)`` with respect to the
-    positional inputs ``diff_argnums`` and returns one gradient per entry (an empty placeholder where that
-    input is ``None``). Being the exact derivative of the spec, it is what the fused backward kernels are
-    tested against.
-    """
-
-    def backward(grad_outputs: Sequence[Optional[torch.Tensor]], *inputs):
-        present = [i for i in diff_argnums if isinstance(inputs[i], torch.Tensor)]
-
-        def f(*diff_args):
-            args = list(inputs)
-            for i, a in zip(present, diff_args):
-                args[i] = a
-            out = forward(*args)
-            return out if isinstance(out, tuple) else (out,)
-
-        outs, pullback = torch.func.vjp(f, *[inputs[i] for i in present])
-        cot = tuple(torch.zeros_like(o) if g is None else g.to(o.dtype) for o, g in zip(outs, grad_outputs))
-        grads = dict(zip(present, pullback(cot)))
-        ref = outs[0]
-        return tuple(grads[i].to(inputs[i].dtype) if i in grads else empty_grad(ref) for i in diff_argnums)
-
-    return backward
 
 
 # ----------------------------------------------------------------------------------------------

@@ -168,12 +168,13 @@ def _reference_modulate(x, gamma, beta, act, slope):
     return C.to_format(reference.sft_modulate(x, gamma, beta, act, slope), C.memory_format_of(x))
 
 
-_reference_modulate_vjp = C.vjp_backward(reference.sft_modulate, diff_argnums=(0, 1, 2))
+def _or_empty(grads, ref: Tensor):
+    return tuple(C.empty_grad(ref) if g is None else g for g in grads)
 
 
 @register_kernel(OP_MOD_BWD, "reference")
 def _reference_modulate_backward(grad, x, gamma, beta, act, slope):
-    grads = _reference_modulate_vjp((grad,), x, gamma, beta, act, slope)
+    grads = _or_empty(reference.sft_modulate_backward(grad, x, gamma, beta, act, slope), x)
     grads = (C.match_layout(g, lay) for g, lay in zip(grads, modulate_grad_layouts(x, gamma, beta)))
     return _unaliased(grads, grad, x, gamma, beta)
 
@@ -184,13 +185,11 @@ def _reference_group_norm(x, gamma, beta, num_groups, weight, bias, eps, act, sl
     return C.to_format(out, C.memory_format_of(x)), mean.contiguous(), rstd.contiguous()
 
 
-_reference_group_norm_vjp = C.vjp_backward(reference.sft_group_norm, diff_argnums=(0, 1, 2, 4, 5))
-
-
 @register_kernel(OP_GN_BWD, "reference")
 def _reference_group_norm_backward(grad, x, gamma, beta, num_groups, weight, bias, mean, rstd, eps, act, slope):
     # the reference recomputes the statistics itself; mean/rstd are only the fused kernels' shortcut
-    grads = _reference_group_norm_vjp((grad, None, None), x, gamma, beta, num_groups, weight, bias, eps, act, slope)
+    grads = _or_empty(reference.sft_group_norm_backward(grad, x, gamma, beta, num_groups, weight, bias, eps, act,
+                                                        slope), x)
     layouts = group_norm_grad_layouts(x, gamma, beta, weight, bias)
     grads = (C.match_layout(g, lay) for g, lay in zip(grads, layouts))
     return _unaliased(grads, grad, x, gamma, beta, weight, bias, mean, rstd)

@@ -81,3 +81,79 @@ def sft_group_norm(x: torch.Tensor, gamma: torch.Tensor, beta: Optional[torch.Te
     # the statistics are side outputs (the fused backward recomputes GroupNorm(x) from them)
     mean, rstd = group_stats(xc, num_groups, eps)
     return out, mean, rstd
+
+
+# ----------------------------------------------------------------------------------------------
+# closed-form backward (written out, not derived with torch.func inside the op, so the backward ops also run
+# under opcheck's schema, fake and AOT modes); equal to autograd through the forwards above
+# ----------------------------------------------------------------------------------------------
+def activation_grad(u: torch.Tensor, act: int, slope: float) -> Optional[torch.Tensor]:
+    """d act(u) / du (None for the identity); at u == 0 the same one-sided values as torch's kernels."""
+    if act == ACT_NONE:
+        return None
+    if act == ACT_SILU:
+        s = torch.sigmoid(u)
+        return s * (1 + u * (1 - s))
+    if act == ACT_RELU:
+        return (u > 0).to(u.dtype)
+    if act == ACT_LEAKY_RELU:
+        return torch.where(u > 0, torch.ones_like(u), torch.full_like(u, slope))
+    raise ValueError(f"unknown activation code {act}")
+
+
+def _reduce_to(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over the dims where ``like`` broadcasts (size 1)."""
+    dims = [d for d in range(t.dim()) if like.shape[d] == 1 and t.shape[d] != 1]
+    return t.sum(dims, keepdim=True) if dims else t
+
+
+def _modulate_backward(grad_out, h, gamma, beta, act, slope):
+    """Gradients of ``act(h * (1 + gamma) + beta)`` wrt (h, gamma-or-merged, beta), compute dtype."""
+    g, b = split_gamma_beta(h, gamma, beta)
+    u = h * (1 + g)
+    if b is not None:
+        u = u + b
+    da = activation_grad(u, act, slope)
+    g_u = grad_out if da is None else grad_out * da
+    g_h = g_u * (1 + g)
+    g_gamma = _reduce_to(g_u * h, g)
+    g_beta = None if b is None else _reduce_to(g_u, b)
+    if beta is None and gamma.shape[1] == 2 * h.shape[1]:  # merged: one gradient for the [N, 2C, ...] tensor
+        return g_h, torch.cat([g_gamma, g_beta], 1), None
+    return g_h, g_gamma, g_beta
+
+
+def sft_modulate_backward(grad: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, beta: Optional[torch.Tensor],
+                          act: int, slope: float):
+    """(grad_x, grad_gamma, grad_beta) in the inputs' dtypes; grad_beta None when beta is None."""
+    cd = compute_dtype(x.dtype)
+    up = lambda t: None if t is None else t.to(cd)  # noqa: E731
+    g_x, g_gamma, g_beta = _modulate_backward(grad.to(cd), x.to(cd), gamma.to(cd), up(beta), act, slope)
+    return g_x.to(x.dtype), g_gamma.to(gamma.dtype), None if beta is None else g_beta.to(beta.dtype)
+
+
+def sft_group_norm_backward(grad: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, beta: Optional[torch.Tensor],
+                            num_groups: int, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                            eps: float, act: int, slope: float):
+    """(grad_x, grad_gamma, grad_beta, grad_weight, grad_bias); None for absent inputs."""
+    cd = compute_dtype(x.dtype)
+    up = lambda t: None if t is None else t.to(cd)  # noqa: E731
+    xc = x.to(cd)
+    n, c = xc.shape[:2]
+    mean, rstd = group_stats(xc, num_groups, eps)
+    xg = xc.reshape(n, num_groups, -1)
+    h = ((xg - mean[..., None]) * rstd[..., None]).reshape(xc.shape)
+    chan = (1, c) + (1,) * (xc.dim() - 2)
+    w, b = up(weight), up(bias)
+    h_aff = h if w is None else h * w.view(chan)
+    if b is not None:
+        h_aff = h_aff + b.view(chan)
+    g_haff, g_gamma, g_beta = _modulate_backward(grad.to(cd), h_aff, gamma.to(cd), up(beta), act, slope)
+    red = [0] + list(range(2, xc.dim()))
+    g_w = None if w is None else (g_haff * h).sum(red).to(weight.dtype)
+    g_b = None if b is None else g_haff.sum(red).to(bias.dtype)
+    g_h = (g_haff if w is None else g_haff * w.view(chan)).reshape(n, num_groups, -1)
+    hg = h.reshape(n, num_groups, -1)
+    g_x = rstd[..., None] * (g_h - g_h.mean(-1, keepdim=True) - hg * (g_h * hg).mean(-1, keepdim=True))
+    return (g_x.reshape(xc.shape).to(x.dtype), g_gamma.to(gamma.dtype),
+            None if beta is None else g_beta.to(beta.dtype), g_w, g_b)
