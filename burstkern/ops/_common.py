@@ -1,4 +1,4 @@
-"""Shared plumbing of every op: backend dispatch with NVTX, reference backward by VJP, argument checks.
+"""Shared plumbing of every op: backend dispatch with NVTX ranges, output layouts, argument checks.
 
 Each op folder (``burstkern/ops/<op>/``) holds ``reference.py`` (the spec, plain PyTorch), ``triton.py``
 (kernels + launchers) and ``op.py`` (the public function, its ``torch.library`` registration, fake impl

@@ -160,7 +160,7 @@ def _reference_combine(x, F, sigma, sd, smin, mode, return_d):
     return C.to_format(D, fmt), (C.to_format(d, fmt) if return_d else d)
 
 
-# Reference backwards are closed-form torch (reference.py), not C.vjp_backward: torch.func inside an op body
+# Reference backwards are closed-form torch (reference.py), not torch.func.vjp: torch.func inside an op body
 # cannot run under opcheck's schema check, and the closed forms are pinned to the forwards by gradcheck.
 @register_kernel(OP_COMBINE_BWD, "reference")
 def _reference_combine_backward(grad_D, grad_d, x, F, sigma, sd, smin, mode, return_d, need_sigma):
