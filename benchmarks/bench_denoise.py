@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from harness import measure, requires_gpu, with_backend
+from burstkern.backend import backend_available
 
 import burstkern
 from burstkern import ops
@@ -27,7 +28,7 @@ pytestmark = requires_gpu
 
 SHAPES = [(1, 3, 384, 384), (16, 3, 384, 384), (4, 3, 1024, 1024), (16, 4, 128, 128)]
 DTYPES = [torch.float32, torch.bfloat16]
-PROVIDERS = ["reference", "compile", "triton"]
+PROVIDERS = ["reference", "compile", "triton", "cuda"]
 SD, SMIN = 0.5, 0.002
 
 
@@ -79,9 +80,16 @@ def _compiled(name):
     return torch.compile(EAGER[name])
 
 
+def _skip_unavailable(backend_name, op):
+    ok, why = backend_available(backend_name, "cuda", op)
+    if not ok:
+        pytest.skip(why)
+
+
 def _provider_fn(name, provider):
-    if provider == "triton":
-        return with_backend("triton", FUSED[name])
+    if provider in ("triton", "cuda"):
+        _skip_unavailable(provider, name)
+        return with_backend(provider, FUSED[name])
     if provider == "compile":
         return _compiled(name)
     return EAGER[name]
@@ -124,21 +132,22 @@ def _heun_loop(x_init):
     return edm_heun_sampler(_trivial_denoiser, x_init, num_steps=40, sigma_min=1e-8, sigma_max=0.03, start="early")
 
 
-@pytest.mark.parametrize("provider", ["reference", "triton", "triton+cudagraph"])
+@pytest.mark.parametrize("provider", ["reference", "triton", "cuda", "triton+cudagraph", "cuda+cudagraph"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", [(1, 3, 384, 384), (16, 3, 384, 384)], ids=lambda s: "x".join(map(str, s)))
 def test_heun_loop(benchmark, shape, dtype, provider):
     group = f"heun40 loop {'x'.join(map(str, shape))} {str(dtype).replace('torch.', '')}"
     make = lambda: (torch.randn(shape, device="cuda", dtype=dtype),)  # noqa: E731
-    if provider == "reference":
-        measure(benchmark, with_backend("reference", _heun_loop), make, group=group, provider=provider)
-        return
-    if provider == "triton":
-        measure(benchmark, with_backend("triton", _heun_loop), make, group=group, provider=provider)
+    backend_name = provider.split("+")[0]
+    if backend_name != "reference":
+        for op in ("add_noise", "edm_euler_update", "edm_heun_update", "denoise_combine"):
+            _skip_unavailable(backend_name, op)
+    if "+cudagraph" not in provider:
+        measure(benchmark, with_backend(backend_name, _heun_loop), make, group=group, provider=provider)
         return
     # CUDA graph: capture the whole 40-step loop once on a static input, time replays (fresh noise each replay)
     static = make()[0]
-    with burstkern.backend("triton"):
+    with burstkern.backend(backend_name):
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
