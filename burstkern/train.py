@@ -14,8 +14,9 @@ works because x_init is already close to y and σ_τ = 0.03 is small). Its consi
 the ground truth: σ_i / σ_{i+1} adjacent on a Karras schedule of ``start_scales = 5`` levels from σ_max = 0.03
 down to σ_min, one Heun step of the teacher between them, target = a fixed-rate EMA (0.95) of the student,
 uniform weighting. We do the same, with three documented differences: the distance is the squared error (E-BSRD
-uses LPIPS, which needs downloaded weights), weighted by 1/σ² by default (see :func:`consistency_loss`), and σ_min is the model's ``cm_sigma_min`` (E-BSRD: 1e-8) so that
-training and :meth:`EBSRD.one_step` use the same consistency boundary ``f(x, σ_min) = x``.
+uses LPIPS, which needs downloaded weights), weighted by 1/σ² by default (see :func:`consistency_loss`), and
+σ_min is the model's ``cm_sigma_min`` (E-BSRD: 1e-8) so that training and :meth:`EBSRD.one_step` use the same
+consistency boundary ``f(x, σ_min) = x``.
 
 Everything numeric runs through ``burstkern.ops`` (``add_noise``, ``edm_scalings`` / ``cm_scalings``,
 ``edm_loss``, ``edm_euler_update`` + ``edm_heun_update`` for the teacher step, ``cm_update`` for the consistency
@@ -177,7 +178,10 @@ def _generator(seed: int, device: torch.device) -> torch.Generator:
 # losses (one batch each; the stages below are loops over these)
 # ----------------------------------------------------------------------------------------------
 def initial_loss(model: EBSRD, burst: Tensor, y: Tensor) -> Tensor:
-    """Mean L1 between ``x_init`` and ``y`` (both in [-1, 1]); ``burst`` ``[B, T, 4, h, w]``, ``y`` ``[B, 3, 8h, 8w]``."""
+    """Mean L1 between ``x_init`` and ``y`` (both in [-1, 1]).
+
+    ``burst`` ``[B, T, 4, h, w]`` in [0, 1], ``y`` ``[B, 3, 8h, 8w]``; returns a 0-d tensor.
+    """
     x_init, _ = model.initial(burst)
     if x_init.shape != y.shape:
         raise ValueError(f"ground truth has shape {tuple(y.shape)} but x_init {tuple(x_init.shape)}; expected "

@@ -1,0 +1,348 @@
+"""E-BSRD training stages (overfit checks on a fixed batch), checkpoints, `burstkern demo` and the training script.
+
+Every stage is checked on a loss measured with FIXED noise levels and noise before and after training (the
+per-step training losses draw fresh σ and ε, so they are too noisy to compare on their own), that it routes
+through the fused burstkern ops, and that it leaves the modules of the other stages untouched.
+"""
+
+import copy
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import burstkern
+from burstkern import ops
+from burstkern import train as T
+from burstkern.data import SyntheticBurstDataset
+from burstkern.demo import main as demo_main
+from burstkern.demo import run_demo
+from burstkern.models import EBSRD
+from utils import requires_cuda
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "python", "train_ebsrd.py")
+# A model smaller than "tiny" (same structure) so that ~30 steps of each stage take seconds on 2 CPU cores.
+MICRO = dict(enc_ch=8, deform_groups=2, unet_ch=8, num_groups=2, spade_hidden=8, burst_size=2)
+
+
+def micro_model(seed=0, perturb=()):
+    """The micro model; the zero-initialised output convs of the U-Nets named in ``perturb`` made random, so that
+    network is non-trivial from the first step."""
+    torch.manual_seed(seed)
+    model = EBSRD("tiny", **MICRO)
+    with torch.no_grad():
+        for name in perturb:
+            getattr(model, name).conv_out.weight.normal_(0, 0.05)
+    return model
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread for this module: the micro models' ops are tiny, and on the 2-core CI machine shared
+    with other jobs two spinning OpenMP threads made these tests ~10x slower (measured 43 s vs 9 s)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Two real synthetic bursts (bundled training images): burst [2, 2, 4, 4, 4], gt [2, 3, 32, 32]."""
+    ds = SyntheticBurstDataset(None, crop=80, burst_size=MICRO["burst_size"], seed=0, length=2)
+    b = torch.utils.data.default_collate([ds[0], ds[1]])
+    return {"burst": b["burst"], "gt": b["gt"]}
+
+
+def state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def assert_same_state(a, b, what):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{what}: {k} changed"
+
+
+def assert_history(h, steps):
+    assert isinstance(h, list) and len(h) == steps
+    assert all(isinstance(v, float) for v in h)
+    assert all(torch.isfinite(torch.tensor(h))), h
+
+
+def fixed_noise(like, seed=1):
+    return torch.randn(like.shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------------------------
+# stages: overfit a fixed batch
+# ----------------------------------------------------------------------------------------------
+def test_train_initial_overfits_and_touches_only_encoder_and_head(batch):
+    model = micro_model()
+    burst, y = batch["burst"], T.to_model_range(batch["gt"])
+    frozen = {n: state(getattr(model, n)) for n in ("denoiser", "student")}
+    enc0 = state(model.encoder)
+    with torch.no_grad():
+        before = T.initial_loss(model, burst, y).item()
+    h = T.train_initial(model, [batch], 30, lr=3e-3, progress=False)
+    with torch.no_grad():
+        after = T.initial_loss(model, burst, y).item()
+    assert_history(h, 30)
+    assert h[0] == pytest.approx(before, rel=1e-5)  # the first step's loss is the untrained model's
+    assert after < 0.8 * before, (before, after)
+    assert sum(h[-5:]) < sum(h[:5])
+    for n, s in frozen.items():
+        assert_same_state(s, state(getattr(model, n)), n)
+    assert any(not torch.equal(enc0[k], v) for k, v in model.encoder.state_dict().items()), "encoder not trained"
+
+
+def test_train_denoiser_overfits_with_a_frozen_encoder(batch):
+    model = micro_model()
+    burst, y = batch["burst"], T.to_model_range(batch["gt"])
+    frozen = {n: state(getattr(model, n)) for n in ("encoder", "head", "student")}
+    sigma, noise = torch.tensor([0.3, 1.0]), fixed_noise(y)
+    with torch.no_grad():
+        before = T.denoiser_loss(model, burst, y, sigma, noise).item()
+    h = T.train_denoiser(model, [batch], 40, lr=3e-3, progress=False)
+    with torch.no_grad():
+        after = T.denoiser_loss(model, burst, y, sigma, noise).item()
+    assert_history(h, 40)
+    assert after < 0.8 * before, (before, after)
+    for n, s in frozen.items():
+        assert_same_state(s, state(getattr(model, n)), n)
+    assert all(p.requires_grad for p in model.parameters())  # requires_grad restored after freezing
+
+
+def test_denoiser_loss_is_the_edm_loss_of_the_preconditioned_network(batch):
+    """denoiser_loss == λ(σ)·(c_skip·x + c_out·F − y)² written out in plain torch (a transcription check)."""
+    model = micro_model(perturb=("denoiser",))
+    burst, y = batch["burst"], T.to_model_range(batch["gt"])
+    sigma, n = torch.tensor([0.05, 0.7]), fixed_noise(y)
+    with torch.no_grad():
+        got = T.denoiser_loss(model, burst, y, sigma, n).item()
+        s = sigma.view(-1, 1, 1, 1).double()
+        sd = model.config.sigma_data
+        x = y.double() + s * n.double()
+        c_in = 1 / (s ** 2 + sd ** 2).sqrt()
+        F = model.denoiser((x * c_in).float(), (sigma.log() / 4), model.encoder(burst)).double()
+        D = sd ** 2 / (s ** 2 + sd ** 2) * x + s * sd / (s ** 2 + sd ** 2).sqrt() * F
+        ref = ((s ** 2 + sd ** 2) / (s * sd) ** 2 * (D - y.double()) ** 2).mean().item()
+    assert got == pytest.approx(ref, rel=1e-4)
+
+
+def test_distill_student_overfits_and_keeps_the_teacher(batch):
+    model = micro_model(perturb=("denoiser", "student"))
+    burst, y = batch["burst"], T.to_model_range(batch["gt"])
+    cfg = model.config
+    frozen = {n: state(getattr(model, n)) for n in ("encoder", "head", "denoiser")}
+    sched = T.distill_schedule(5, cfg.cm_sigma_min, cfg.sigma_tau)
+    noise = fixed_noise(y)
+
+    def self_consistency():  # the student against itself across one teacher Heun step, every adjacent pair
+        with torch.no_grad():
+            return sum(T.consistency_loss(model, model.student, burst, y, torch.tensor([i, i]), noise, sched,
+                                          cfg.cm_sigma_min).item() for i in range(4))
+
+    before = self_consistency()
+    h = T.distill_student(model, [batch], 30, lr=1e-3, init_from_teacher=False, progress=False)
+    after = self_consistency()
+    assert_history(h, 30)
+    assert after < 0.25 * before, (before, after)
+    assert sum(h[-5:]) < sum(h[:5])
+    for n, s in frozen.items():
+        assert_same_state(s, state(getattr(model, n)), n)
+
+
+def test_distill_starts_from_the_teacher_and_schedule_spans_sigma_tau_to_sigma_min():
+    model = micro_model(perturb=("denoiser",))
+    assert T.distill_student(model, [], 0, progress=False) == []  # 0 steps: nothing drawn from the loader
+    assert_same_state(state(model.denoiser), state(model.student), "student vs teacher")
+    cfg = model.config
+    sched = T.distill_schedule(5, cfg.cm_sigma_min, cfg.sigma_tau)
+    assert sched.shape == (5,)
+    assert sched[0].item() == pytest.approx(cfg.sigma_tau) and sched[0].item() == pytest.approx(0.03)
+    assert sched[-1].item() == pytest.approx(cfg.cm_sigma_min)
+    assert bool((sched[1:] < sched[:-1]).all())
+
+
+def test_consistency_target_at_sigma_min_is_the_teacher_heun_step(batch):
+    """At the last pair σ' = σ_min the target is exactly the teacher's Heun step (boundary f(x, σ_min) = x), so
+    the uniform loss equals mean((f_student − heun)²), built here from the plain EDM formulas."""
+    model = micro_model(perturb=("denoiser", "student"))
+    burst, y = batch["burst"], T.to_model_range(batch["gt"])
+    cfg, sd = model.config, model.config.sigma_data
+    sched = T.distill_schedule(5, cfg.cm_sigma_min, cfg.sigma_tau)
+    n = fixed_noise(y)
+    with torch.no_grad():
+        cond = model.encoder(burst)
+        got = T.consistency_loss(model, copy.deepcopy(model.student), burst, y, torch.tensor([3, 3]), n, sched,
+                                 cfg.cm_sigma_min, weighting="uniform").item()
+        s, s2 = sched[3].double(), sched[4].double()
+
+        def D(x, sig):
+            c_in = 1 / (sig ** 2 + sd ** 2).sqrt()
+            F = model.denoiser((x * c_in).float(), (sig.log() / 4).float().expand(2), cond).double()
+            return sd ** 2 / (sig ** 2 + sd ** 2) * x + sig * sd / (sig ** 2 + sd ** 2).sqrt() * F
+
+        x = y.double() + s * n.double()
+        d = (x - D(x, s)) / s
+        xe = x + (s2 - s) * d
+        heun = x + (s2 - s) * (d + (xe - D(xe, s2)) / s2) / 2
+        c_in = 1 / (s ** 2 + sd ** 2).sqrt()
+        Fs = model.student((x * c_in).float(), (s.log() / 4).float().expand(2), cond).double()
+        smin = cfg.cm_sigma_min
+        f = sd ** 2 / ((s - smin) ** 2 + sd ** 2) * x + (s - smin) * sd / (s ** 2 + sd ** 2).sqrt() * Fs
+        ref = ((f - heun) ** 2).mean().item()
+    assert got == pytest.approx(ref, rel=1e-3)
+
+
+def test_stages_run_through_the_fused_ops(batch, monkeypatch):
+    calls = {}
+    for name in ("add_noise", "edm_loss", "edm_euler_update", "edm_heun_update", "cm_update", "edm_scalings",
+                 "cm_scalings"):
+        real = getattr(ops, name)
+
+        def wrapper(*a, _real=real, _name=name, **k):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(ops, name, wrapper)
+    model = micro_model()
+    T.train_denoiser(model, [batch], 1, progress=False)
+    assert calls.get("edm_loss") == 1 and calls.get("add_noise") == 1 and calls.get("edm_scalings") == 1
+    calls.clear()
+    T.distill_student(model, [batch], 1, progress=False)
+    assert calls.get("edm_euler_update") == 1 and calls.get("edm_heun_update") == 1
+    assert calls.get("cm_update") == 2 and calls.get("cm_scalings") == 2  # student and target
+
+
+def test_stages_are_seeded(batch):
+    runs = []
+    for _ in range(2):
+        model = micro_model()
+        runs.append(T.train_denoiser(model, [batch], 2, seed=3, progress=False)
+                    + T.distill_student(model, [batch], 2, seed=3, progress=False))
+    assert runs[0] == runs[1]
+    other = T.train_denoiser(micro_model(), [batch], 2, seed=4, progress=False)
+    assert other != runs[0][:2]
+
+
+def test_bad_arguments(batch):
+    model = micro_model()
+    with pytest.raises(ValueError, match="steps"):
+        T.train_initial(model, [batch], -1, progress=False)
+    with pytest.raises(TypeError, match="'burst'"):
+        T.train_initial(model, [(batch["burst"], batch["gt"])], 1, progress=False)
+    with pytest.raises(ValueError, match="no batches"):
+        T.train_denoiser(model, [], 1, progress=False)
+    with pytest.raises(ValueError, match="amp=True .*CUDA"):
+        T.train_denoiser(model, [batch], 1, amp=True, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="num_scales"):
+        T.distill_student(model, [batch], 1, num_scales=1, progress=False)
+    with pytest.raises(ValueError, match="weighting"):
+        T.distill_student(model, [batch], 1, weighting="lpips", progress=False)
+    with pytest.raises(ValueError, match="ema"):
+        T.distill_student(model, [batch], 1, ema=1.0, progress=False)
+    bad = {"burst": batch["burst"], "gt": batch["gt"][..., :16, :16]}
+    with pytest.raises(ValueError, match="x_init"):
+        T.train_initial(model, [bad], 1, progress=False)
+    with pytest.raises(ValueError, match="no student"):
+        T.distill_student(EBSRD("tiny", student=False, **MICRO), [batch], 1, progress=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints
+# ----------------------------------------------------------------------------------------------
+def test_checkpoint_round_trip(tmp_path, batch):
+    model = micro_model(perturb=("denoiser", "student")).eval()
+    losses = {"initial": [1.0, 0.5], "denoiser": [], "student": [0.25]}
+    path = tmp_path / "m.pt"
+    T.save_checkpoint(path, model, losses=losses, preset="micro")
+    loaded, ckpt = T.load_checkpoint(path)
+    assert ckpt["losses"] == losses and ckpt["preset"] == "micro"
+    assert loaded.config == model.config
+    assert_same_state(state(model), state(loaded), "round trip")
+    b = batch["burst"][:1]
+    with torch.no_grad():
+        a = model.one_step(b, generator=torch.Generator().manual_seed(0))
+        c = loaded.eval().one_step(b, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, c)
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a burstkern E-BSRD checkpoint"):
+        T.load_checkpoint(tmp_path / "other.pt")
+
+
+# ----------------------------------------------------------------------------------------------
+# demo and script
+# ----------------------------------------------------------------------------------------------
+def test_demo_main_random_weights_prints_the_table(tmp_path, capsys):
+    png = tmp_path / "demo.png"
+    rc = demo_main(["--device", "cpu", "--backend", "reference", "--teacher-steps", "1", "--crop", "144",
+                    "--out", str(png)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "RANDOM WEIGHTS" in out
+    for word in ("PSNR", "SSIM", "LPIPS", "time ms", "initial (x_init)", "one-step (student)",
+                 "teacher (1 Heun steps)", "backend reference", "(3, 96, 96)"):
+        assert word in out, word
+    from burstkern import metrics
+    if not metrics.lpips_status()[0]:
+        assert "LPIPS n/a: LPIPS unavailable:" in out
+    from PIL import Image
+    with Image.open(png) as im:
+        assert im.size[0] > 4 * 96 and im.size[1] >= 96
+    assert demo_main(["--device", "cpu", "--crop", "100"]) == 2
+    assert "crop" in capsys.readouterr().err
+
+
+def test_demo_with_a_checkpoint_uses_its_config(tmp_path, capsys):
+    model = micro_model(perturb=("denoiser", "student"))
+    path = tmp_path / "m.pt"
+    T.save_checkpoint(path, model, preset="micro")
+    rows = run_demo(str(path), device="cpu", teacher_steps=0, crop=144)
+    out = capsys.readouterr().out
+    assert "RANDOM" not in out and str(path) in out and "teacher" not in out
+    assert [r["stage"] for r in rows] == ["initial (x_init)", "one-step (student)"]
+    for r in rows:
+        assert r["image"].shape == (3, 96, 96)
+        assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["ms"] > 0
+
+
+def test_script_help():
+    res = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    for opt in ("--preset", "--steps-initial", "--steps-denoiser", "--steps-student", "--out", "--amp"):
+        assert opt in res.stdout
+
+
+def test_script_trains_saves_and_evaluates(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("train_ebsrd", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "tiny.pt"
+    backend_before = burstkern.get_backend()
+    rc = script.main(["--steps-initial", "2", "--steps-denoiser", "2", "--steps-student", "1", "--crop", "80",
+                      "--batch-size", "1", "--eval-crop", "144", "--eval-teacher-steps", "1", "--no-progress",
+                      "--backend", "reference", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0
+    _, ckpt = T.load_checkpoint(out)
+    assert [len(ckpt["losses"][k]) for k in ("initial", "denoiser", "student")] == [2, 2, 1]
+    assert ckpt["preset"] == "tiny" and ckpt["args"]["crop"] == 80
+    for word in ("saved", "initial (x_init)", "one-step (student)", "teacher (1 Heun steps)", "PSNR"):
+        assert word in text, word
+    assert burstkern.get_backend() == backend_before  # --backend applied to the run only
+
+
+@requires_cuda
+def test_stages_on_gpu_with_bf16_autocast(batch):
+    model = micro_model(perturb=("denoiser",)).cuda()
+    for fn in (T.train_initial, T.train_denoiser, T.distill_student):
+        kw = {} if fn is T.train_initial else {"amp": True}
+        h = fn(model, [batch], 3, progress=False, **kw)
+        assert_history(h, 3)
