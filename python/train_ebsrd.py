@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-initial", type=float, default=1e-3)
     p.add_argument("--lr-denoiser", type=float, default=2e-4)
     p.add_argument("--lr-student", type=float, default=1e-4)
+    p.add_argument("--p-mean", type=float, default=-1.2, help="EDM log-normal σ of the teacher: mean of ln σ")
+    p.add_argument("--p-std", type=float, default=1.2, help="EDM log-normal σ of the teacher: std of ln σ")
     p.add_argument("--num-scales", type=int, default=5, help="Karras levels of the distillation schedule (E-BSRD: 5)")
     p.add_argument("--ema", type=float, default=0.95, help="EMA rate of the distillation target (E-BSRD: 0.95)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
@@ -99,7 +101,8 @@ def train(args) -> int:
     losses, times = {}, {}
     for name, fn, kw in (
             ("initial", train_initial, dict(lr=args.lr_initial)),
-            ("denoiser", train_denoiser, dict(lr=args.lr_denoiser, amp=args.amp)),
+            ("denoiser", train_denoiser, dict(lr=args.lr_denoiser, amp=args.amp, p_mean=args.p_mean,
+                                              p_std=args.p_std)),
             ("student", distill_student, dict(lr=args.lr_student, amp=args.amp, num_scales=args.num_scales,
                                               ema=args.ema))):
         t0 = time.perf_counter()
