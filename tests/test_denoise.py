@@ -466,10 +466,9 @@ def test_sampling_ops_have_no_gradient():
 # Triton vs the fp64 reference
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture
-def poisoned(monkeypatch):
+def poisoned(poisoned_outputs):
     from burstkern.ops.denoise import triton as tri
 
-    monkeypatch.setattr(tri, "POISON", True)
     return tri
 
 

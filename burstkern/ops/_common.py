@@ -41,6 +41,24 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
+_POISON_OUTPUTS = False
+
+
+def set_poison_outputs(on: bool) -> bool:
+    """Tests: make :func:`poisoned` fill every buffer a fused kernel is about to write with NaN (returns the
+    previous setting), so an element a kernel forgets to write shows up as NaN instead of stale memory."""
+    global _POISON_OUTPUTS
+    prev, _POISON_OUTPUTS = _POISON_OUTPUTS, bool(on)
+    return prev
+
+
+def poisoned(t: torch.Tensor) -> torch.Tensor:
+    """``t``, NaN-filled when output poisoning is on (a no-op otherwise); fused launchers wrap allocations in it."""
+    if _POISON_OUTPUTS and t.numel() and t.dtype.is_floating_point:
+        t.fill_(float("nan"))
+    return t
+
+
 def empty_like_format(x: torch.Tensor, shape=None, dtype=None, fmt=None) -> torch.Tensor:
     shape = tuple(x.shape) if shape is None else tuple(shape)
     fmt = memory_format_of(x) if fmt is None else fmt

@@ -41,13 +41,8 @@ from . import op as _op
 
 # Test hook: when True, every output the launchers allocate with torch.empty is NaN-filled first, so an
 # element a kernel forgets to write shows up as an infinite error.
-_POISON = False
 # Deterministic grad-input path: (index, value) contributions per launch chunk, at most this many (12 B each).
 _MAX_CONTRIBUTIONS = 1 << 22
-
-
-def _poisoned(t: torch.Tensor) -> torch.Tensor:
-    return t.fill_(float("nan")) if _POISON and t.numel() else t
 
 
 # ----------------------------------------------------------------------------------------------
@@ -404,7 +399,7 @@ def _device_ctx(t):
 def deform_conv2d_forward(input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask):
     """``[N, Cout, Ho, Wo]`` in ``input``'s dtype and memory format (arguments checked by ``op.check_args``)."""
     n, cin, h, w, cout, cin_g, kh, kw, og, ho, wo = _dims(input, offset, weight)
-    out = _poisoned(C.empty_like_format(input, (n, cout, ho, wo)))
+    out = C.poisoned(C.empty_like_format(input, (n, cout, ho, wo)))
     m_total = n * ho * wo
     if out.numel() == 0:
         return out
@@ -446,7 +441,7 @@ def deform_conv2d_backward(grad, input, offset, weight, bias, sh, sw, ph, pw, dh
     dev = input.device
     ieee = _dot_fp32(input.dtype)
     _, g_off, g_w, g_b, g_m = _op._backward_layouts(input, offset, weight, bias, mask)
-    _poisoned(g_off), _poisoned(g_m)
+    C.poisoned(g_off), C.poisoned(g_m)
     if bias is not None:
         g_b = grad.sum((0, 2, 3), dtype=torch.float32).to(bias.dtype)
     bm, bn, bk, nw = _blocks(cin_g, cout_g, input.is_cuda)
@@ -491,7 +486,7 @@ def deform_conv2d_backward(grad, input, offset, weight, bias, sh, sw, ph, pw, dh
         splits = _weight_splits(m_total, tiles, bm, input.is_cuda)
         per_split = triton.cdiv(triton.cdiv(m_total, splits), bm) * bm
         splits = triton.cdiv(m_total, per_split)
-        ws = _poisoned(torch.empty((splits, cout, cin_g, k), dtype=torch.float32, device=dev))
+        ws = C.poisoned(torch.empty((splits, cout, cin_g, k), dtype=torch.float32, device=dev))
         grid = (groups * triton.cdiv(cout_g, bn), k * triton.cdiv(cin_g, bk), splits)
         _deform_conv2d_bwd_weight_kernel[grid](
             grad, input, offset, msk, ws,

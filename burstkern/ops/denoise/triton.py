@@ -28,14 +28,10 @@ from . import op as O
 
 BLOCK = 1024
 NUM_WARPS = 4
-POISON = False  # tests set this: fill every output with NaN before the kernel writes it
 
 
 def _new(like: torch.Tensor, shape=None, dtype=None) -> torch.Tensor:
-    out = C.empty_like_format(like, shape=shape, dtype=dtype)
-    if POISON and out.dtype.is_floating_point:
-        out.fill_(float("nan"))
-    return out
+    return C.poisoned(C.empty_like_format(like, shape=shape, dtype=dtype))
 
 
 def _check_dtype(x: torch.Tensor, what: str) -> None:
@@ -336,9 +332,7 @@ def _randn_fwd_kernel(seed_ptr, out_ptr, total, BLOCK: tl.constexpr):
 # ----------------------------------------------------------------------------------------------
 def randn(seed: torch.Tensor, shape, device) -> torch.Tensor:
     """Contiguous float32 ``shape`` of the rng.py normals under ``seed``, drawn by a Triton kernel."""
-    out = torch.empty(tuple(shape), dtype=torch.float32, device=device)
-    if POISON:
-        out.fill_(float("nan"))
+    out = C.poisoned(torch.empty(tuple(shape), dtype=torch.float32, device=device))
     if out.numel():
         _randn_fwd_kernel[_grid(out.numel())](seed.to(device), out, out.numel(), BLOCK=BLOCK, num_warps=NUM_WARPS)
     return out
@@ -351,10 +345,7 @@ def denoise_scalings(sigma, sd, smin, mode):
         raise TypeError(f"the triton backend of denoise_scalings computes in fp32, got sigma {C.describe(sigma)}; "
                         f"use the reference backend for float64")
     s = sigma.contiguous()
-    outs = [torch.empty(sigma.shape, dtype=torch.float32, device=sigma.device) for _ in range(4)]
-    if POISON:
-        for o in outs:
-            o.fill_(float("nan"))
+    outs = [C.poisoned(torch.empty(sigma.shape, dtype=torch.float32, device=sigma.device)) for _ in range(4)]
     if s.numel():
         _denoise_scalings_fwd_kernel[_grid(s.numel())](s, *outs, s.numel(), sd, smin, IS_CM=(mode == "cm"),
                                                        BLOCK=BLOCK, num_warps=NUM_WARPS)
@@ -470,9 +461,7 @@ def edm_loss_forward(x, F, y, sigma, sd):
     _, (x, F, y) = _fmt_inputs(x, F, y)
     n, m = x.shape[0], _per_sample(x)
     nblk = max(1, triton.cdiv(m, BLOCK))
-    part = torch.empty(n * nblk, dtype=torch.float32, device=x.device)
-    if POISON:
-        part.fill_(float("nan"))
+    part = C.poisoned(torch.empty(n * nblk, dtype=torch.float32, device=x.device))
     if x.numel():
         _edm_loss_fwd_kernel[(n * nblk,)](x, F, y, sigma, part, m, nblk, _sstride(sigma), sd, BLOCK=BLOCK,
                                           num_warps=NUM_WARPS)

@@ -44,8 +44,8 @@ _TUNE = {"TILE": 4096, "MAX_BLOCK_C": 64, "MAX_BLOCK_HW": 1024, "STAT_PROGRAMS":
 
 
 def _new(*args, **kwargs) -> torch.Tensor:
-    """Every buffer the kernels write is allocated here (tests patch it to poison buffers with NaN)."""
-    return torch.empty(*args, **kwargs)
+    """Every buffer the kernels write is allocated here (NaN-filled when tests turn output poisoning on)."""
+    return C.poisoned(torch.empty(*args, **kwargs))
 
 
 def _new_like_format(like: torch.Tensor, shape, dtype, fmt) -> torch.Tensor:
