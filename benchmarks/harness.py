@@ -64,18 +64,21 @@ def ceilings() -> dict:
     """Measured copy bandwidth (bytes read + written per second) and bf16 matrix rate of this GPU."""
     import triton.testing
 
-    n = 1 << 28  # 1 GiB of fp32: far beyond L2
-    src = torch.rand(n, device="cuda")
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=10, rep=50, return_mode="median")
-    copy_bps = 2 * n * 4 / (ms * 1e-3)
-    del src, dst
-    m = 8192
-    a = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
-    ms = triton.testing.do_bench(lambda: a @ b, warmup=10, rep=50, return_mode="median")
-    mm_flops = 2 * m ** 3 / (ms * 1e-3)
-    del a, b
+    def copy_rate() -> float:
+        n = 1 << 28  # 1 GiB of fp32: far beyond L2
+        src = torch.rand(n, device="cuda")
+        dst = torch.empty_like(src)
+        ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=10, rep=50, return_mode="median")
+        return 2 * n * 4 / (ms * 1e-3)
+
+    def matmul_rate() -> float:
+        m = 8192
+        a = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn(m, m, device="cuda", dtype=torch.bfloat16)
+        ms = triton.testing.do_bench(lambda: a @ b, warmup=10, rep=50, return_mode="median")
+        return 2 * m ** 3 / (ms * 1e-3)
+
+    copy_bps, mm_flops = copy_rate(), matmul_rate()
     torch.cuda.empty_cache()
     return {"copy_GBps": copy_bps / 1e9, "bf16_mm_TFLOPs": mm_flops / 1e12}
 

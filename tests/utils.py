@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import burstkern
+
 from burstkern.backend import backend_available
 
 # Relative-norm tolerances against an fp64 reference, by the dtype the kernel ran in.
