@@ -24,8 +24,16 @@ def test_info_lists_every_op_and_backend(capsys):
 
 def test_usage_and_unknown_command(capsys):
     assert main([]) == 0
+    assert "demo" in capsys.readouterr().out
     assert main(["frobnicate"]) == 2
     assert "usage" in capsys.readouterr().err
+
+
+def test_demo_is_wired(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["demo", "--help"])
+    assert exc.value.code == 0
+    assert "--checkpoint" in capsys.readouterr().out
 
 
 def test_python_dash_m():
