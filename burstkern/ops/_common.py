@@ -26,6 +26,18 @@ def call(op: str, device: torch.device, *args):
     return fn(*args)
 
 
+def autocast_inputs(*tensors, dtype: Optional[torch.dtype] = None):
+    """Under ``torch.autocast`` for the tensors' device, the floating tensors cast to ``dtype`` (default: the
+    autocast dtype); otherwise the tensors unchanged. Public functions call it before their op, so mixed-dtype
+    calls from autocast regions (bf16 activations, fp32 parameters) work, with one dtype inside the kernels.
+    """
+    ref = next((t for t in tensors if isinstance(t, torch.Tensor)), None)
+    if ref is None or not torch.is_autocast_enabled(ref.device.type):
+        return tensors
+    dt = dtype or torch.get_autocast_dtype(ref.device.type)
+    return tuple(t.to(dt) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the math runs in: fp64 stays fp64, everything else computes in fp32."""
     return torch.float64 if dtype == torch.float64 else torch.float32

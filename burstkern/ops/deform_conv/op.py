@@ -173,6 +173,8 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[
         >>> deform_conv2d(x, off, w, padding=1, mask=m).shape
         torch.Size([8, 64, 96, 96])
     """
+    # autocast: like a convolution, compute in the autocast dtype
+    input, offset, weight, bias, mask = C.autocast_inputs(input, offset, weight, bias, mask)
     stride, padding, dilation = check_args(input, offset, weight, bias, stride, padding, dilation, mask)
     return _deform_conv2d(input, offset, weight, bias, stride[0], stride[1], padding[0], padding[1], dilation[0],
                           dilation[1], mask)

@@ -502,6 +502,8 @@ def denoise_combine(x: Tensor, F: Tensor, sigma, sigma_data: float = 0.5, mode: 
         >>> x, F = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
         >>> D, d = denoise_combine(x, F, torch.tensor([0.5, 2.0]), return_d=True)
     """
+    # autocast: these updates are precision-critical and memory-bound, so they run in fp32 (like torch's fp32 list)
+    x, F = C.autocast_inputs(x, F, dtype=torch.float32)
     _check_x("x", x)
     _check_like("F", F, "x", x)
     sigma = _check_sigma("sigma", sigma, x)
@@ -528,6 +530,8 @@ def edm_euler_update(x: Tensor, F: Tensor, sigma, sigma_next, sigma_data: float 
 
         >>> x_next, d = edm_euler_update(x, F, torch.tensor(80.0), torch.tensor(60.0))
     """
+    # autocast: these updates are precision-critical and memory-bound, so they run in fp32 (like torch's fp32 list)
+    x, F = C.autocast_inputs(x, F, dtype=torch.float32)
     _check_x("x", x)
     _check_like("F", F, "x", x)
     sigma = _check_sigma("sigma", sigma, x)
@@ -554,6 +558,8 @@ def edm_heun_update(x_hat: Tensor, d: Tensor, x_next: Tensor, F_next: Tensor, si
 
         >>> x2 = edm_heun_update(x_hat, d, x_next, F_next, torch.tensor(80.0), torch.tensor(60.0))
     """
+    # autocast: these updates are precision-critical and memory-bound, so they run in fp32 (like torch's fp32 list)
+    x_hat, d, x_next, F_next = C.autocast_inputs(x_hat, d, x_next, F_next, dtype=torch.float32)
     _check_x("x_hat", x_hat)
     _check_like("d", d, "x_hat", x_hat)
     _check_like("x_next", x_next, "x_hat", x_hat)
@@ -583,6 +589,8 @@ def add_noise(x: Tensor, sigma, sigma_base=None, s_noise: float = 1.0, noise: Op
         >>> g = torch.Generator().manual_seed(0)
         >>> x_tau = add_noise(x_init, torch.tensor(0.03), generator=g)
     """
+    # autocast: these updates are precision-critical and memory-bound, so they run in fp32 (like torch's fp32 list)
+    x, noise = C.autocast_inputs(x, noise, dtype=torch.float32)
     _check_x("x", x)
     sigma = _check_sigma("sigma", sigma, x)
     if sigma_base is not None:
@@ -610,6 +618,8 @@ def cm_update(x: Tensor, F: Tensor, sigma, sigma_min: float = 0.002, sigma_data:
 
         >>> x0 = cm_update(x, F, torch.tensor(0.03), clamp=1.0)
     """
+    # autocast: these updates are precision-critical and memory-bound, so they run in fp32 (like torch's fp32 list)
+    x, F, noise = C.autocast_inputs(x, F, noise, dtype=torch.float32)
     _check_x("x", x)
     _check_like("F", F, "x", x)
     sigma = _check_sigma("sigma", sigma, x)
@@ -642,6 +652,8 @@ def edm_loss(x_noisy: Tensor, F: Tensor, y: Tensor, sigma, sigma_data: float = 0
 
         >>> loss = edm_loss(y + sigma.view(-1, 1, 1, 1) * n, net_out, y, sigma).mean()
     """
+    # autocast: these updates are precision-critical and memory-bound, so they run in fp32 (like torch's fp32 list)
+    x_noisy, F, y = C.autocast_inputs(x_noisy, F, y, dtype=torch.float32)
     _check_x("x_noisy", x_noisy)
     _check_like("F", F, "x_noisy", x_noisy)
     _check_like("y", y, "x_noisy", x_noisy)

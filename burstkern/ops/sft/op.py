@@ -312,6 +312,7 @@ def sft_modulate(x: Tensor, gamma: Tensor, beta: Optional[Tensor] = None, act: O
         >>> sft_modulate(x, scale_shift, act="leaky_relu(0.2)").shape
         torch.Size([2, 64, 48, 48])
     """
+    x, gamma, beta = C.autocast_inputs(x, gamma, beta)  # autocast: all in the autocast dtype (fp32 math inside)
     code, slope = check_modulate_args(x, gamma, beta, act)
     if x.dim() == 3:
         return _sft_modulate(x.unsqueeze(-1), gamma.unsqueeze(-1), _as_4d(beta), code, slope).squeeze(-1)
@@ -343,6 +344,8 @@ def sft_group_norm(x: Tensor, gamma: Tensor, beta: Optional[Tensor] = None, num_
         >>> sft_group_norm(x, gb, num_groups=32).shape
         torch.Size([2, 128, 96, 96])
     """
+    # autocast: all in the autocast dtype; the statistics are fp32 inside the kernels anyway
+    x, gamma, beta, weight, bias = C.autocast_inputs(x, gamma, beta, weight, bias)
     code, slope = check_group_norm_args(x, gamma, beta, num_groups, weight, bias, eps, act)
     if x.dim() == 3:
         out = _sft_group_norm(x.unsqueeze(-1), gamma.unsqueeze(-1), _as_4d(beta), num_groups, weight, bias,
