@@ -1,0 +1,67 @@
+// CPU implementations of the burstkern_C sft ops: the functors of functors.cuh (the code the CUDA kernels run) in
+// loops that walk the elements the way the GPU blocks do (every block's 256 threads one after the other, then the
+// same shared-memory tree, level by level, and the same partials). They exist so the compiled element code
+// (math, addressing, vector lanes, reduction order, dtypes) is tested on machines without a GPU; the `cuda`
+// backend itself stays GPU-only.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "sft/ops.h"
+
+namespace burstkern {
+namespace sft {
+namespace {
+
+struct CpuExec {
+  struct Guard {
+    explicit Guard(c10::Device) {}
+  };
+
+  static void check_device(const Tensor& t, const char* name) {
+    TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor for the CPU build of the burstkern_C op, got device ",
+                t.device());
+  }
+
+  template <int V, class F>
+  static void tile(const F& fn, const Tiling& T, float* part) {
+    const bool reduce = F::kReduce && part != nullptr;  // nullptr: nothing to reduce in this call
+    at::parallel_for(0, T.blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> sm(reduce ? static_cast<size_t>(kThreads) * V * F::K : 0);
+      for (int64_t b = begin; b < end; ++b) {
+        for (int64_t t = 0; t < kThreads; ++t) {
+          float acc[V][F::K];
+          thread_run<V>(fn, T, b, t, acc);
+          if (reduce) block_store<V, F::K>(T, t, acc, sm.data());
+        }
+        if (reduce) {
+          for (int64_t half = T.rows() / 2; half >= 1; half >>= 1) {
+            for (int64_t t = 0; t < kThreads; ++t) block_level<V, F::K>(T, t, half, sm.data());
+          }
+          for (int64_t t = 0; t < kThreads; ++t) block_write<V, F::K>(T, b, t, sm.data(), part);
+        }
+      }
+    });
+  }
+
+  template <class F>
+  static void each(const F& fn, int64_t count) {
+    at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) fn(i);
+    });
+  }
+};
+
+}  // namespace
+}  // namespace sft
+}  // namespace burstkern
+
+TORCH_LIBRARY_IMPL(burstkern_C, CPU, m) {
+  using burstkern::sft::CpuExec;
+  namespace s = burstkern::sft;
+  m.impl("sft_modulate", &s::modulate<CpuExec>);
+  m.impl("sft_modulate_backward", &s::modulate_backward<CpuExec>);
+  m.impl("sft_group_norm", &s::group_norm<CpuExec>);
+  m.impl("sft_group_norm_backward", &s::group_norm_backward<CpuExec>);
+}
