@@ -130,14 +130,14 @@ struct ThreadWalk {
   bool active;
 };
 
-template <int V>
+template <int V, bool CL>
 BURSTKERN_HD ThreadWalk thread_walk(const Tiling& T, int64_t b, int64_t t) {
   ThreadWalk w{};
   w.chunk = b % T.nchunk;
   const int64_t r = b / T.nchunk;
   const int64_t lo = w.chunk * T.chunk;
   w.end = lo + T.chunk < T.HW ? lo + T.chunk : T.HW;
-  if (!T.cl) {
+  if constexpr (!CL) {
     w.n = r / T.C;
     w.c0 = r % T.C;
     w.first = lo + t * V;
@@ -155,8 +155,17 @@ BURSTKERN_HD ThreadWalk thread_walk(const Tiling& T, int64_t b, int64_t t) {
 }
 
 // Memory offset of (n, c, hw) in a dense x-like tensor.
+template <bool CL>
 BURSTKERN_HD int64_t dense_at(const Tiling& T, int64_t n, int64_t c, int64_t hw) {
-  return T.cl ? (n * T.HW + hw) * T.C + c : (n * T.C + c) * T.HW + hw;
+  return CL ? (n * T.HW + hw) * T.C + c : (n * T.C + c) * T.HW + hw;
+}
+
+// The layout is a template parameter of the walk: in NCHW a thread's V lanes are one channel, so its per-channel
+// parameters and sums live in lane 0 only (fewer registers, more resident blocks); in channels_last lane k is
+// channel c0 + k.
+template <bool CL>
+BURSTKERN_HD constexpr int lane(int k) {
+  return CL ? k : 0;
 }
 
 }  // namespace sft

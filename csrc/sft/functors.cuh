@@ -32,12 +32,12 @@ struct ModLanes {
   float g[V], b[V];  // per-channel gamma/beta of the thread's lanes (unused when spatial)
 };
 
-template <int V, typename scalar_t>
-BURSTKERN_HD void mod_prepare(const ModIn<scalar_t>& m, const Tiling& T, int64_t n, int64_t c0, ModLanes<V>& L) {
+template <int V, bool CL, typename scalar_t>
+BURSTKERN_HD void mod_prepare(const ModIn<scalar_t>& m, const Tiling&, int64_t n, int64_t c0, ModLanes<V>& L) {
   // per-channel: lanes are channels in channels_last (stride sC), one channel in NCHW (broadcast)
-  if (!m.g_sp) load_lanes<V>(m.g, m.gs.at(n, c0, 0), T.cl ? m.gs.sC : 0, T.cl && m.gs.vec, L.g);
+  if (!m.g_sp) load_lanes<V>(m.g, m.gs.at(n, c0, 0), CL ? m.gs.sC : 0, CL && m.gs.vec, L.g);
   if (m.b != nullptr && !m.b_sp) {
-    load_lanes<V>(m.b, m.bs.at(n, c0, 0), T.cl ? m.bs.sC : 0, T.cl && m.bs.vec, L.b);
+    load_lanes<V>(m.b, m.bs.at(n, c0, 0), CL ? m.bs.sC : 0, CL && m.bs.vec, L.b);
   } else {
 #pragma unroll
     for (int k = 0; k < V; ++k) L.b[k] = 0.0f;
@@ -45,22 +45,22 @@ BURSTKERN_HD void mod_prepare(const ModIn<scalar_t>& m, const Tiling& T, int64_t
 }
 
 // (1 + gamma) and beta of the V lanes at hw.
-template <int V, typename scalar_t>
-BURSTKERN_HD void mod_values(const ModIn<scalar_t>& m, const Tiling& T, int64_t n, int64_t c0, int64_t hw,
+template <int V, bool CL, typename scalar_t>
+BURSTKERN_HD void mod_values(const ModIn<scalar_t>& m, const Tiling&, int64_t n, int64_t c0, int64_t hw,
                              const ModLanes<V>& L, float (&g1)[V], float (&b)[V]) {
   if (m.g_sp) {
-    load_lanes<V>(m.g, m.gs.at(n, c0, hw), T.cl ? m.gs.sC : m.gs.sHW, m.gs.vec, g1);
+    load_lanes<V>(m.g, m.gs.at(n, c0, hw), CL ? m.gs.sC : m.gs.sHW, m.gs.vec, g1);
   } else {
 #pragma unroll
-    for (int k = 0; k < V; ++k) g1[k] = L.g[k];
+    for (int k = 0; k < V; ++k) g1[k] = L.g[lane<CL>(k)];
   }
 #pragma unroll
   for (int k = 0; k < V; ++k) g1[k] += 1.0f;
   if (m.b != nullptr && m.b_sp) {
-    load_lanes<V>(m.b, m.bs.at(n, c0, hw), T.cl ? m.bs.sC : m.bs.sHW, m.bs.vec, b);
+    load_lanes<V>(m.b, m.bs.at(n, c0, hw), CL ? m.bs.sC : m.bs.sHW, m.bs.vec, b);
   } else {
 #pragma unroll
-    for (int k = 0; k < V; ++k) b[k] = L.b[k];
+    for (int k = 0; k < V; ++k) b[k] = L.b[lane<CL>(k)];
   }
 }
 
@@ -78,13 +78,15 @@ struct ModFwdFn {
   int act;
   float slope;
 
-  BURSTKERN_HD void prepare(const Tiling& T, int64_t n, int64_t c0, Lanes& L) const { mod_prepare<V>(m, T, n, c0, L); }
+  template <bool CL>
+  BURSTKERN_HD void prepare(const Tiling& T, int64_t n, int64_t c0, Lanes& L) const { mod_prepare<V, CL>(m, T, n, c0, L); }
 
+  template <bool CL>
   BURSTKERN_HD void step(const Tiling& T, int64_t n, int64_t c0, int64_t hw, const Lanes& L, float (*)[K]) const {
-    const int64_t off = dense_at(T, n, c0, hw);
+    const int64_t off = dense_at<CL>(T, n, c0, hw);
     float xv[V], g1[V], b[V], o[V];
     load_lanes<V>(x, off, 1, V > 1, xv);
-    mod_values<V>(m, T, n, c0, hw, L, g1, b);
+    mod_values<V, CL>(m, T, n, c0, hw, L, g1, b);
 #pragma unroll
     for (int k = 0; k < V; ++k) o[k] = act_fwd(xv[k] * g1[k] + b[k], act, slope);
     store_lanes<V>(out, off, 1, V > 1, o);
@@ -104,14 +106,16 @@ struct ModBwdFn {
   int act;
   float slope;
 
-  BURSTKERN_HD void prepare(const Tiling& T, int64_t n, int64_t c0, Lanes& L) const { mod_prepare<V>(m, T, n, c0, L); }
+  template <bool CL>
+  BURSTKERN_HD void prepare(const Tiling& T, int64_t n, int64_t c0, Lanes& L) const { mod_prepare<V, CL>(m, T, n, c0, L); }
 
+  template <bool CL>
   BURSTKERN_HD void step(const Tiling& T, int64_t n, int64_t c0, int64_t hw, const Lanes& L, float (*acc)[K]) const {
-    const int64_t off = dense_at(T, n, c0, hw);
+    const int64_t off = dense_at<CL>(T, n, c0, hw);
     float xv[V], gv[V], g1[V], b[V], o[V], gg[V];
     load_lanes<V>(x, off, 1, V > 1, xv);
     load_lanes<V>(dy, off, 1, V > 1, gv);
-    mod_values<V>(m, T, n, c0, hw, L, g1, b);
+    mod_values<V, CL>(m, T, n, c0, hw, L, g1, b);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       gv[k] = act_bwd(xv[k] * g1[k] + b[k], gv[k], act, slope);  // gradient wrt u
@@ -120,17 +124,17 @@ struct ModBwdFn {
     }
     store_lanes<V>(dx, off, 1, V > 1, o);
     if (m.g_sp) {
-      store_lanes<V>(dg, dgs.at(n, c0, hw), T.cl ? dgs.sC : dgs.sHW, dgs.vec, gg);
+      store_lanes<V>(dg, dgs.at(n, c0, hw), CL ? dgs.sC : dgs.sHW, dgs.vec, gg);
     } else {
 #pragma unroll
-      for (int k = 0; k < V; ++k) acc[k][0] += gg[k];
+      for (int k = 0; k < V; ++k) acc[lane<CL>(k)][0] += gg[k];
     }
     if (m.b != nullptr) {
       if (m.b_sp) {
-        store_lanes<V>(db, dbs.at(n, c0, hw), T.cl ? dbs.sC : dbs.sHW, dbs.vec, gv);
+        store_lanes<V>(db, dbs.at(n, c0, hw), CL ? dbs.sC : dbs.sHW, dbs.vec, gv);
       } else {
 #pragma unroll
-        for (int k = 0; k < V; ++k) acc[k][1] += gv[k];
+        for (int k = 0; k < V; ++k) acc[lane<CL>(k)][1] += gv[k];
       }
     }
   }
@@ -173,22 +177,24 @@ struct GnStatsFn {
   const scalar_t* x;
   int64_t Cg;
 
+  template <bool CL>
   BURSTKERN_HD void prepare(const Tiling& T, int64_t n, int64_t c0, Lanes& L) const {
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      const int64_t c = T.cl ? c0 + k : c0;
-      L.p[k] = ldf(x, dense_at(T, n, (c / Cg) * Cg, 0));
+    for (int k = 0; k < (CL ? V : 1); ++k) {
+      const int64_t c = CL ? c0 + k : c0;
+      L.p[k] = ldf(x, dense_at<CL>(T, n, (c / Cg) * Cg, 0));
     }
   }
 
+  template <bool CL>
   BURSTKERN_HD void step(const Tiling& T, int64_t n, int64_t c0, int64_t hw, const Lanes& L, float (*acc)[K]) const {
     float xv[V];
-    load_lanes<V>(x, dense_at(T, n, c0, hw), 1, V > 1, xv);
+    load_lanes<V>(x, dense_at<CL>(T, n, c0, hw), 1, V > 1, xv);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      const float d = xv[k] - L.p[k];
-      acc[k][0] += d;
-      acc[k][1] += d * d;
+      const float d = xv[k] - L.p[lane<CL>(k)];
+      acc[lane<CL>(k)][0] += d;
+      acc[lane<CL>(k)][1] += d * d;
     }
   }
 };
@@ -217,7 +223,7 @@ struct GnStatsFinalizeFn {
     const float M = static_cast<float>(Cg * T.HW);
     const float d = s1 / M;
     const float var = s2 / M - d * d;
-    mean[i] = ldf(x, dense_at(T, n, g * Cg, 0)) + d;
+    mean[i] = ldf(x, T.cl ? dense_at<true>(T, n, g * Cg, 0) : dense_at<false>(T, n, g * Cg, 0)) + d;
     rstd[i] = 1.0f / sqrtf((var > 0.0f ? var : 0.0f) + eps);
   }
 };
@@ -228,13 +234,13 @@ struct NormLanes {
   float mean[V], rstd[V], w[V], bias[V];
 };
 
-template <int V, typename scalar_t>
-BURSTKERN_HD void norm_prepare(const Tiling& T, int64_t n, int64_t c0, int64_t G, int64_t Cg, const float* mean,
+template <int V, bool CL, typename scalar_t>
+BURSTKERN_HD void norm_prepare(const Tiling&, int64_t n, int64_t c0, int64_t G, int64_t Cg, const float* mean,
                                const float* rstd, const scalar_t* w, int64_t ws, const scalar_t* bias, int64_t bs,
                                NormLanes<V>& L) {
 #pragma unroll
-  for (int k = 0; k < V; ++k) {
-    const int64_t c = T.cl ? c0 + k : c0;
+  for (int k = 0; k < (CL ? V : 1); ++k) {
+    const int64_t c = CL ? c0 + k : c0;
     const int64_t ng = n * G + c / Cg;
     L.mean[k] = mean[ng];
     L.rstd[k] = rstd[ng];
@@ -261,21 +267,23 @@ struct GnFwdFn {
   int act;
   float slope;
 
+  template <bool CL>
   BURSTKERN_HD void prepare(const Tiling& T, int64_t n, int64_t c0, Lanes& L) const {
-    norm_prepare<V>(T, n, c0, G, Cg, mean, rstd, w, ws, bias, bs, L.nl);
+    norm_prepare<V, CL>(T, n, c0, G, Cg, mean, rstd, w, ws, bias, bs, L.nl);
 #pragma unroll
-    for (int k = 0; k < V; ++k) L.nl.rstd[k] *= L.nl.w[k];  // (x − mean)·(rstd·w) + bias
-    mod_prepare<V>(m, T, n, c0, L.ml);
+    for (int k = 0; k < (CL ? V : 1); ++k) L.nl.rstd[k] *= L.nl.w[k];  // (x − mean)·(rstd·w) + bias
+    mod_prepare<V, CL>(m, T, n, c0, L.ml);
   }
 
+  template <bool CL>
   BURSTKERN_HD void step(const Tiling& T, int64_t n, int64_t c0, int64_t hw, const Lanes& L, float (*)[K]) const {
-    const int64_t off = dense_at(T, n, c0, hw);
+    const int64_t off = dense_at<CL>(T, n, c0, hw);
     float xv[V], g1[V], b[V], o[V];
     load_lanes<V>(x, off, 1, V > 1, xv);
-    mod_values<V>(m, T, n, c0, hw, L.ml, g1, b);
+    mod_values<V, CL>(m, T, n, c0, hw, L.ml, g1, b);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      const float h = (xv[k] - L.nl.mean[k]) * L.nl.rstd[k] + L.nl.bias[k];
+      const float h = (xv[k] - L.nl.mean[lane<CL>(k)]) * L.nl.rstd[lane<CL>(k)] + L.nl.bias[lane<CL>(k)];
       o[k] = act_fwd(h * g1[k] + b[k], act, slope);
     }
     store_lanes<V>(out, off, 1, V > 1, o);
@@ -303,39 +311,41 @@ struct GnBwdFn {
   int act;
   float slope;
 
+  template <bool CL>
   BURSTKERN_HD void prepare(const Tiling& T, int64_t n, int64_t c0, Lanes& L) const {
-    norm_prepare<V>(T, n, c0, G, Cg, mean, rstd, w, ws, bias, bs, L.nl);
-    mod_prepare<V>(m, T, n, c0, L.ml);
+    norm_prepare<V, CL>(T, n, c0, G, Cg, mean, rstd, w, ws, bias, bs, L.nl);
+    mod_prepare<V, CL>(m, T, n, c0, L.ml);
   }
 
+  template <bool CL>
   BURSTKERN_HD void step(const Tiling& T, int64_t n, int64_t c0, int64_t hw, const Lanes& L, float (*acc)[K]) const {
-    const int64_t off = dense_at(T, n, c0, hw);
+    const int64_t off = dense_at<CL>(T, n, c0, hw);
     float xv[V], gv[V], g1[V], b[V], gg[V];
     load_lanes<V>(x, off, 1, V > 1, xv);
     load_lanes<V>(dy, off, 1, V > 1, gv);
-    mod_values<V>(m, T, n, c0, hw, L.ml, g1, b);
+    mod_values<V, CL>(m, T, n, c0, hw, L.ml, g1, b);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      const float h = (xv[k] - L.nl.mean[k]) * L.nl.rstd[k];
-      const float ha = h * L.nl.w[k] + L.nl.bias[k];
+      const float h = (xv[k] - L.nl.mean[lane<CL>(k)]) * L.nl.rstd[lane<CL>(k)];
+      const float ha = h * L.nl.w[lane<CL>(k)] + L.nl.bias[lane<CL>(k)];
       gv[k] = act_bwd(ha * g1[k] + b[k], gv[k], act, slope);
       const float gha = gv[k] * g1[k];
-      acc[k][0] += gha;
-      acc[k][1] += gha * h;
+      acc[lane<CL>(k)][0] += gha;
+      acc[lane<CL>(k)][1] += gha * h;
       gg[k] = gv[k] * ha;
     }
     if (m.g_sp) {
-      store_lanes<V>(dg, dgs.at(n, c0, hw), T.cl ? dgs.sC : dgs.sHW, dgs.vec, gg);
+      store_lanes<V>(dg, dgs.at(n, c0, hw), CL ? dgs.sC : dgs.sHW, dgs.vec, gg);
     } else {
 #pragma unroll
-      for (int k = 0; k < V; ++k) acc[k][2] += gg[k];
+      for (int k = 0; k < V; ++k) acc[lane<CL>(k)][2] += gg[k];
     }
     if (m.b != nullptr) {
       if (m.b_sp) {
-        store_lanes<V>(db, dbs.at(n, c0, hw), T.cl ? dbs.sC : dbs.sHW, dbs.vec, gv);
+        store_lanes<V>(db, dbs.at(n, c0, hw), CL ? dbs.sC : dbs.sHW, dbs.vec, gv);
       } else {
 #pragma unroll
-        for (int k = 0; k < V; ++k) acc[k][3] += gv[k];
+        for (int k = 0; k < V; ++k) acc[lane<CL>(k)][3] += gv[k];
       }
     }
   }
@@ -414,99 +424,95 @@ struct GnBwdDxFn {
   int act;
   float slope;
 
+  template <bool CL>
   BURSTKERN_HD void prepare(const Tiling& T, int64_t n, int64_t c0, Lanes& L) const {
-    norm_prepare<V>(T, n, c0, G, Cg, mean, rstd, w, ws, bias, bs, L.nl);
-    mod_prepare<V>(m, T, n, c0, L.ml);
+    norm_prepare<V, CL>(T, n, c0, G, Cg, mean, rstd, w, ws, bias, bs, L.nl);
+    mod_prepare<V, CL>(m, T, n, c0, L.ml);
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      const int64_t ng = n * G + (T.cl ? c0 + k : c0) / Cg;
+    for (int k = 0; k < (CL ? V : 1); ++k) {
+      const int64_t ng = n * G + (CL ? c0 + k : c0) / Cg;
       L.m0[k] = coef[ng];
       L.m1[k] = coef[T.N * G + ng];
     }
   }
 
+  template <bool CL>
   BURSTKERN_HD void step(const Tiling& T, int64_t n, int64_t c0, int64_t hw, const Lanes& L, float (*)[K]) const {
-    const int64_t off = dense_at(T, n, c0, hw);
+    const int64_t off = dense_at<CL>(T, n, c0, hw);
     float xv[V], gv[V], g1[V], b[V];
     load_lanes<V>(x, off, 1, V > 1, xv);
     load_lanes<V>(dy, off, 1, V > 1, gv);
-    mod_values<V>(m, T, n, c0, hw, L.ml, g1, b);
+    mod_values<V, CL>(m, T, n, c0, hw, L.ml, g1, b);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      const float h = (xv[k] - L.nl.mean[k]) * L.nl.rstd[k];
-      const float ha = h * L.nl.w[k] + L.nl.bias[k];
+      const float h = (xv[k] - L.nl.mean[lane<CL>(k)]) * L.nl.rstd[lane<CL>(k)];
+      const float ha = h * L.nl.w[lane<CL>(k)] + L.nl.bias[lane<CL>(k)];
       const float gha = act_bwd(ha * g1[k] + b[k], gv[k], act, slope) * g1[k];
-      gv[k] = L.nl.rstd[k] * (L.nl.w[k] * gha - L.m0[k] - h * L.m1[k]);
+      gv[k] = L.nl.rstd[lane<CL>(k)] * (L.nl.w[lane<CL>(k)] * gha - L.m0[lane<CL>(k)] - h * L.m1[lane<CL>(k)]);
     }
     store_lanes<V>(dx, off, 1, V > 1, gv);
   }
 };
 
 // ---------------------------------------------------------------------------------------------------------------
-// the block reduction, shared by both builds: each thread's lanes go to shared memory (NCHW: summed over its lanes
-// first, they are one channel), a fixed tree sums them (NCHW: all threads; channels_last: the rows of each
+// the block reduction, shared by both builds: each thread's lane sums go to shared memory (NCHW: lane 0 only, the
+// lanes are one channel), a fixed tree sums them (NCHW: all threads; channels_last: the rows of each
 // column), and row 0 writes the block's partial of each channel. The CUDA kernel runs the levels with
 // __syncthreads() between them, the CPU loop one level after the other: the same sums in the same order.
 // ---------------------------------------------------------------------------------------------------------------
-template <int V, int K>
-BURSTKERN_HD void block_store(const Tiling& T, int64_t t, const float (*acc)[K], float* sm) {
+template <int V, int K, bool CL>
+BURSTKERN_HD void block_store(int64_t t, const float (*acc)[K], float* sm) {
   float* s = sm + t * V * K;
-  if (!T.cl) {
+  if constexpr (!CL) {  // the thread's lanes are one channel, summed into lane 0 by step
 #pragma unroll
-    for (int j = 0; j < K; ++j) {
-      float v = 0.0f;
-#pragma unroll
-      for (int k = 0; k < V; ++k) v += acc[k][j];
-      s[j] = v;
-    }
+    for (int j = 0; j < K; ++j) s[j] = acc[0][j];
   } else {
 #pragma unroll
     for (int k = 0; k < V; ++k) {
 #pragma unroll
-      for (int j = 0; j < K; ++j) s[k * K + j] = acc[k][j];
+      for (int j = 0; j < K; ++j) s[k * K + j] = acc[lane<CL>(k)][j];
     }
   }
 }
 
 // One tree level: rows [0, half) add rows [half, 2·half) (a row is one thread in NCHW).
-template <int V, int K>
+template <int V, int K, bool CL>
 BURSTKERN_HD void block_level(const Tiling& T, int64_t t, int64_t half, float* sm) {
-  const int64_t cols = T.cl ? T.cols : 1;
+  const int64_t cols = CL ? T.cols : 1;
   if (t / cols >= half) return;
-  const int width = T.cl ? V * K : K;
+  const int width = CL ? V * K : K;
   float* a = sm + t * V * K;
   const float* b = sm + (t + half * cols) * V * K;
   for (int j = 0; j < width; ++j) a[j] += b[j];
 }
 
-template <int V, int K>
+template <int V, int K, bool CL>
 BURSTKERN_HD void block_write(const Tiling& T, int64_t b, int64_t t, const float* sm, float* part) {
-  const int64_t cols = T.cl ? T.cols : 1;
+  const int64_t cols = CL ? T.cols : 1;
   if (t >= cols) return;
-  const ThreadWalk w = thread_walk<V>(T, b, t);
+  const ThreadWalk w = thread_walk<V, CL>(T, b, t);
   if (!w.active) return;
   const int64_t plane = T.N * T.C * T.nchunk;
   const float* s = sm + t * V * K;
-  const int lanes = T.cl ? V : 1;
-  for (int k = 0; k < lanes; ++k) {
+  for (int k = 0; k < (CL ? V : 1); ++k) {
     const int64_t idx = (w.n * T.C + w.c0 + k) * T.nchunk + w.chunk;
-    for (int j = 0; j < K; ++j) part[j * plane + idx] = s[(T.cl ? k * K : 0) + j];
+    for (int j = 0; j < K; ++j) part[j * plane + idx] = s[k * K + j];
   }
 }
 
 // The per-thread part of a tile kernel: prepare, walk, accumulate.
-template <int V, class F>
+template <int V, bool CL, class F>
 BURSTKERN_HD void thread_run(const F& fn, const Tiling& T, int64_t b, int64_t t, float (*acc)[F::K]) {
 #pragma unroll
   for (int k = 0; k < V; ++k) {
 #pragma unroll
-    for (int j = 0; j < F::K; ++j) acc[k][j] = 0.0f;
+    for (int j = 0; j < F::K; ++j) acc[lane<CL>(k)][j] = 0.0f;
   }
-  const ThreadWalk w = thread_walk<V>(T, b, t);
+  const ThreadWalk w = thread_walk<V, CL>(T, b, t);
   if (!w.active || w.first >= w.end) return;
   typename F::Lanes L;
-  fn.prepare(T, w.n, w.c0, L);
-  for (int64_t hw = w.first; hw < w.end; hw += w.step) fn.step(T, w.n, w.c0, hw, L, acc);
+  fn.template prepare<CL>(T, w.n, w.c0, L);
+  for (int64_t hw = w.first; hw < w.end; hw += w.step) fn.template step<CL>(T, w.n, w.c0, hw, L, acc);
 }
 
 }  // namespace sft

@@ -23,7 +23,6 @@
 #include <tuple>
 #include <utility>
 
-#include "common/dispatch.h"
 #include "sft/functors.cuh"
 
 namespace burstkern {
@@ -207,17 +206,30 @@ inline int vec_width(const XLayout& L, int64_t elem, std::initializer_list<const
   return V;
 }
 
-// Calls body.template operator()<scalar_t, V>() for x's dtype and the chosen vector width (1 or 16 bytes).
+// Calls body.template operator()<scalar_t, V>() for x's dtype (float, half, bfloat16: x_layout rejects the rest)
+// and the chosen vector width (1 or 16 bytes).
+template <typename scalar_t, class Body>
+void with_width(int V, Body& body) {
+  constexpr int kVec = static_cast<int>(16 / sizeof(scalar_t));
+  if (V > 1) {
+    body.template operator()<scalar_t, kVec>();
+  } else {
+    body.template operator()<scalar_t, 1>();
+  }
+}
+
 template <class Body>
 void dispatch(const Tensor& x, int V, Body&& body) {
-  BURSTKERN_DISPATCH_FLOATING(x.scalar_type(), "burstkern_C::sft", [&] {
-    constexpr int kVec = static_cast<int>(16 / sizeof(scalar_t));
-    if (V > 1) {
-      body.template operator()<scalar_t, kVec>();
-    } else {
-      body.template operator()<scalar_t, 1>();
-    }
-  });
+  switch (x.scalar_type()) {
+    case at::kHalf:
+      with_width<c10::Half>(V, body);
+      break;
+    case at::kBFloat16:
+      with_width<c10::BFloat16>(V, body);
+      break;
+    default:
+      with_width<float>(V, body);
+  }
 }
 
 template <class Exec>

@@ -26,20 +26,29 @@ struct CpuExec {
 
   template <int V, class F>
   static void tile(const F& fn, const Tiling& T, float* part) {
+    if (T.cl) {
+      tile_as<V, true>(fn, T, part);
+    } else {
+      tile_as<V, false>(fn, T, part);
+    }
+  }
+
+  template <int V, bool CL, class F>
+  static void tile_as(const F& fn, const Tiling& T, float* part) {
     const bool reduce = F::kReduce && part != nullptr;  // nullptr: nothing to reduce in this call
     at::parallel_for(0, T.blocks, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> sm(reduce ? static_cast<size_t>(kThreads) * V * F::K : 0);
       for (int64_t b = begin; b < end; ++b) {
         for (int64_t t = 0; t < kThreads; ++t) {
           float acc[V][F::K];
-          thread_run<V>(fn, T, b, t, acc);
-          if (reduce) block_store<V, F::K>(T, t, acc, sm.data());
+          thread_run<V, CL>(fn, T, b, t, acc);
+          if (reduce) block_store<V, F::K, CL>(t, acc, sm.data());
         }
         if (reduce) {
           for (int64_t half = T.rows() / 2; half >= 1; half >>= 1) {
-            for (int64_t t = 0; t < kThreads; ++t) block_level<V, F::K>(T, t, half, sm.data());
+            for (int64_t t = 0; t < kThreads; ++t) block_level<V, F::K, CL>(T, t, half, sm.data());
           }
-          for (int64_t t = 0; t < kThreads; ++t) block_write<V, F::K>(T, b, t, sm.data(), part);
+          for (int64_t t = 0; t < kThreads; ++t) block_write<V, F::K, CL>(T, b, t, sm.data(), part);
         }
       }
     });

@@ -23,22 +23,22 @@ namespace burstkern {
 namespace sft {
 namespace {
 
-template <int V, class F>
+template <int V, bool CL, class F>
 __global__ void __launch_bounds__(kThreads) tile_kernel(const F fn, const Tiling T, float* __restrict__ part) {
   const int64_t b = blockIdx.x, t = threadIdx.x;
   float acc[V][F::K];
-  thread_run<V>(fn, T, b, t, acc);
+  thread_run<V, CL>(fn, T, b, t, acc);
   if constexpr (F::kReduce) {
     if (part == nullptr) return;  // nothing to reduce in this call (e.g. spatial gamma and beta): whole block
     // V·K floats per thread: at most 8·4·256·4 B = 32 KiB
     __shared__ float sm[kThreads * V * F::K];
-    block_store<V, F::K>(T, t, acc, sm);
+    block_store<V, F::K, CL>(t, acc, sm);
     __syncthreads();
     for (int64_t half = T.rows() / 2; half >= 1; half >>= 1) {
-      block_level<V, F::K>(T, t, half, sm);
+      block_level<V, F::K, CL>(T, t, half, sm);
       __syncthreads();
     }
-    block_write<V, F::K>(T, b, t, sm, part);
+    block_write<V, F::K, CL>(T, b, t, sm, part);
   }
 }
 
@@ -58,8 +58,13 @@ struct CudaExec {
   template <int V, class F>
   static void tile(const F& fn, const Tiling& T, float* part) {
     if (T.blocks == 0) return;
-    tile_kernel<V, F><<<static_cast<unsigned int>(T.blocks), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        fn, T, part);
+    const dim3 grid(static_cast<unsigned int>(T.blocks));
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    if (T.cl) {
+      tile_kernel<V, true, F><<<grid, kThreads, 0, stream>>>(fn, T, part);
+    } else {
+      tile_kernel<V, false, F><<<grid, kThreads, 0, stream>>>(fn, T, part);
+    }
     BURSTKERN_LAUNCH_CHECK();
   }
 
