@@ -79,7 +79,9 @@ struct ModFwdFn {
   float slope;
 
   template <bool CL>
-  BURSTKERN_HD void prepare(const Tiling& T, int64_t n, int64_t c0, Lanes& L) const { mod_prepare<V, CL>(m, T, n, c0, L); }
+  BURSTKERN_HD void prepare(const Tiling& T, int64_t n, int64_t c0, Lanes& L) const {
+    mod_prepare<V, CL>(m, T, n, c0, L);
+  }
 
   template <bool CL>
   BURSTKERN_HD void step(const Tiling& T, int64_t n, int64_t c0, int64_t hw, const Lanes& L, float (*)[K]) const {
@@ -107,7 +109,9 @@ struct ModBwdFn {
   float slope;
 
   template <bool CL>
-  BURSTKERN_HD void prepare(const Tiling& T, int64_t n, int64_t c0, Lanes& L) const { mod_prepare<V, CL>(m, T, n, c0, L); }
+  BURSTKERN_HD void prepare(const Tiling& T, int64_t n, int64_t c0, Lanes& L) const {
+    mod_prepare<V, CL>(m, T, n, c0, L);
+  }
 
   template <bool CL>
   BURSTKERN_HD void step(const Tiling& T, int64_t n, int64_t c0, int64_t hw, const Lanes& L, float (*acc)[K]) const {
@@ -448,7 +452,8 @@ struct GnBwdDxFn {
       const float h = (xv[k] - L.nl.mean[lane<CL>(k)]) * L.nl.rstd[lane<CL>(k)];
       const float ha = h * L.nl.w[lane<CL>(k)] + L.nl.bias[lane<CL>(k)];
       const float gha = act_bwd(ha * g1[k] + b[k], gv[k], act, slope) * g1[k];
-      gv[k] = L.nl.rstd[lane<CL>(k)] * (L.nl.w[lane<CL>(k)] * gha - L.m0[lane<CL>(k)] - h * L.m1[lane<CL>(k)]);
+      const int l = lane<CL>(k);
+      gv[k] = L.nl.rstd[l] * (L.nl.w[l] * gha - L.m0[l] - h * L.m1[l]);
     }
     store_lanes<V>(dx, off, 1, V > 1, gv);
   }

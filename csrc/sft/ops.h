@@ -3,8 +3,11 @@
 //   CudaExec (sft_cuda.cu): CUDAGuard, current stream, one kernel per pass, launch check after every launch;
 //   CpuExec  (sft_cpu.cpp): the same functors in CPU loops that walk the elements the way the GPU blocks do.
 // Executor interface: Guard(device); check_device(t, name); tile<V>(fn, tiling, partials) (the tile walk of
-// element.cuh over tiling.blocks blocks, partials [K][N][C][nchunk] written when F::kReduce); each(fn, count)
-// (fn(i) for i in [0, count)).
+// element.cuh over tiling.blocks blocks, the layout as a template parameter; partials [K][N][C][nchunk] written
+// when F::kReduce and partials != nullptr); each(fn, count) (fn(i) for i in [0, count)).
+// Passes: sft_modulate: tile(ModFwd); backward: tile(ModBwd) [+ each(ModBwdFinalize) for per-channel
+// gamma/beta]; sft_group_norm: tile(GnStats), each(GnStatsFinalize), tile(GnFwd); backward: tile(GnBwd),
+// each(GnBwdFinalize), tile(GnBwdDx).
 //
 // Layout contract: x and grad are dense contiguous or channels_last [N, C, H, W] (the Python glue,
 // burstkern/ops/sft/cuda.py, brings any other x/grad to x's format first); gamma/beta are any views whose H and W
