@@ -179,6 +179,30 @@ def test_large_mean(dev, layout):
         assert err <= bound, f"grad {k}: {err:.3e} > {bound:.3e}"
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_partials_with_different_means(dev, layout):
+    """Channel means from -300 to 900 inside each group and a spatial ramp: the (channel, chunk) partials that the
+    statistics finalize merges (Chan's formula) have very different means."""
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(2, 8, 9, 8, generator=g, dtype=torch.float64)
+    x += torch.tensor([0.0, 300.0, -300.0, 900.0] * 2, dtype=torch.float64).view(1, 8, 1, 1)
+    x += torch.linspace(0, 50, 72, dtype=torch.float64).view(1, 1, 9, 8)
+    gb = torch.randn(2, 16, 1, 1, generator=g, dtype=torch.float64)
+    x32, gb32 = (t.float().contiguous(memory_format=fmt).to(dev).requires_grad_() for t in (x, gb))
+    dy = torch.randn(2, 8, 9, 8, generator=g).to(dev)
+    with burstkern.backend("cuda"):
+        out = burstkern.ops.sft_group_norm(x32, gb32, num_groups=2, act="silu")
+        gx, ggb = torch.autograd.grad(out, (x32, gb32), dy)
+    x64, gb64 = (t.detach().cpu().double().requires_grad_() for t in (x32, gb32))
+    with burstkern.backend("reference"):
+        ref = burstkern.ops.sft_group_norm(x64, gb64, num_groups=2, act="silu")
+        rgx, rggb = torch.autograd.grad(ref, (x64, gb64), dy.cpu().double())
+    assert_rel_close(out.detach().cpu(), ref.detach(), torch.float32, "out")
+    assert_rel_close(gx.cpu(), rgx, torch.float32, "grad x")
+    assert_rel_close(ggb.cpu(), rggb, torch.float32, "grad gamma|beta")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_statistics_outputs(dev, dtype):
     case = Case(n=2, c=24, h=5, w=8, groups=3, layout="channels_last", mean=10.0)

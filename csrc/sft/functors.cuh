@@ -169,8 +169,9 @@ struct ModBwdFinalizeFn {
 // sft_group_norm
 // ---------------------------------------------------------------------------------------------------------------
 // Statistics: per lane, Σ(x − p) and Σ(x − p)² about a pivot p = the group's first element of that sample (the
-// shifted-data form of Welford: a pivot drawn from the data keeps the sums O(std), so a mean of 1e4 with std 1
-// cancels nothing, and no per-element division is needed). Partials [2][N][C][nchunk].
+// shifted-data form of Welford's update: a pivot drawn from the data keeps the sums O(std), so a mean of 1e4 with
+// std 1 cancels nothing, and no per-element division is needed); per (n, c, chunk) partials [2][N][C][nchunk],
+// merged by GnStatsFinalizeFn with Chan's formula.
 template <typename scalar_t, int V>
 struct GnStatsFn {
   static constexpr int K = 2;
@@ -203,7 +204,9 @@ struct GnStatsFn {
   }
 };
 
-// mean/rstd [N, G] (fp32) from the shifted sums: one index per (n, g); channels then chunks in a fixed order.
+// mean/rstd [N, G] (fp32): each (channel, chunk) partial becomes (count, mean, M2) (M2 = Σd² − (Σd)²/count, from
+// the shifted sums, so it cancels nothing), and the partials are merged with Chan's parallel formula, channels then
+// chunks in a fixed order: exact for partial means that differ, whatever the pivot. One index per (n, g).
 template <typename scalar_t>
 struct GnStatsFinalizeFn {
   const float* part;
@@ -216,19 +219,28 @@ struct GnStatsFinalizeFn {
   BURSTKERN_HD void operator()(int64_t i) const {
     const int64_t n = i / G, g = i % G;
     const int64_t plane = T.N * T.C * T.nchunk;
-    float s1 = 0.0f, s2 = 0.0f;
+    int64_t cnt = 0;
+    float mu = 0.0f, m2 = 0.0f;  // mean about the pivot, sum of squared deviations
     for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
       const int64_t row = (n * T.C + c) * T.nchunk;
       for (int64_t j = 0; j < T.nchunk; ++j) {
-        s1 += part[row + j];
-        s2 += part[plane + row + j];
+        // a chunk covers T.chunk positions of its row (NCHW) or pixels (channels_last), the last one the rest
+        const int64_t left = T.HW - j * T.chunk;
+        const int64_t nj = left < T.chunk ? left : T.chunk;
+        const int64_t tot = cnt + nj;
+        const float s1 = part[row + j], s2 = part[plane + row + j];
+        const float mj = s1 / static_cast<float>(nj);
+        const float m2j = s2 - s1 * mj;
+        const float delta = mj - mu;
+        const float wj = static_cast<float>(nj) / static_cast<float>(tot);
+        mu += delta * wj;
+        m2 += (m2j > 0.0f ? m2j : 0.0f) + delta * delta * static_cast<float>(cnt) * wj;
+        cnt = tot;
       }
     }
-    const float M = static_cast<float>(Cg * T.HW);
-    const float d = s1 / M;
-    const float var = s2 / M - d * d;
-    mean[i] = ldf(x, T.cl ? dense_at<true>(T, n, g * Cg, 0) : dense_at<false>(T, n, g * Cg, 0)) + d;
-    rstd[i] = 1.0f / sqrtf((var > 0.0f ? var : 0.0f) + eps);
+    const float var = m2 / static_cast<float>(cnt);
+    mean[i] = ldf(x, T.cl ? dense_at<true>(T, n, g * Cg, 0) : dense_at<false>(T, n, g * Cg, 0)) + mu;
+    rstd[i] = 1.0f / sqrtf(var + eps);
   }
 };
 
