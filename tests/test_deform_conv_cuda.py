@@ -55,26 +55,15 @@ class _Spy:
 
 
 @pytest.fixture
-def poisoned(monkeypatch):
+def poisoned(monkeypatch, poisoned_outputs):
     spy = _Spy()
     monkeypatch.setattr(glue, "_B", spy)
-    prev = B.deform_conv2d_poison_outputs(True)
-    yield spy
-    B.deform_conv2d_poison_outputs(prev)
+    return spy
 
 
 @pytest.fixture
-def compiled_on_cpu(monkeypatch, poisoned):
-    """Let the cuda backend take CPU tensors: its kernels then run the CPU build of the burstkern_C ops."""
-    original = BK.backend_available
-
-    def available(name, device_type, op=None):
-        if name == "cuda" and device_type == "cpu" and (op is None or BK.has_kernel(op, "cuda")):
-            return True, "the CPU build of the burstkern_C ops (tests)"
-        return original(name, device_type, op)
-
-    monkeypatch.setattr(BK, "backend_available", available)
-    monkeypatch.setattr(BK, "_resolve_cache", {})
+def compiled_on_cpu(cuda_backend_on_cpu, poisoned):
+    """The cuda backend on CPU tensors (conftest.cuda_backend_on_cpu), outputs poisoned."""
 
 
 @pytest.fixture(params=DEVICES)

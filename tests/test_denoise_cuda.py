@@ -43,24 +43,13 @@ DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
 # running the cuda backend on CPU tensors (the CPU build of the burstkern_C ops)
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture
-def poisoned():
-    prev = B.denoise_poison_outputs(True)
-    yield
-    B.denoise_poison_outputs(prev)
+def poisoned(poisoned_outputs):
+    pass
 
 
 @pytest.fixture
-def compiled_on_cpu(monkeypatch, poisoned):
-    """Let the cuda backend take CPU tensors: its kernels then run the CPU build of the burstkern_C ops."""
-    original = BK.backend_available
-
-    def available(name, device_type, op=None):
-        if name == "cuda" and device_type == "cpu" and (op is None or BK.has_kernel(op, "cuda")):
-            return True, "the CPU build of the burstkern_C ops (tests)"
-        return original(name, device_type, op)
-
-    monkeypatch.setattr(BK, "backend_available", available)
-    monkeypatch.setattr(BK, "_resolve_cache", {})
+def compiled_on_cpu(cuda_backend_on_cpu, poisoned):
+    """The cuda backend on CPU tensors (conftest.cuda_backend_on_cpu), outputs poisoned."""
 
 
 @pytest.fixture(params=DEVICES)
@@ -427,7 +416,7 @@ def test_errors():
 
 def test_poison_switch_catches_unwritten_elements():
     """The poisoning the tests rely on works: a fresh output is all NaN until a kernel writes it."""
-    prev = B.denoise_poison_outputs(True)
+    prev = B.set_poison_outputs(True)
     try:
         empty_out, _ = B.denoise_combine(torch.randn(0, 3), torch.randn(0, 3), torch.tensor(1.0), SD, SMIN, False,
                                          False)
@@ -436,8 +425,8 @@ def test_poison_switch_catches_unwritten_elements():
         assert torch.isfinite(D).all() and torch.isfinite(d).all()
         assert rel_err(torch.full((2,), float("nan")), torch.ones(2)) == float("inf")
     finally:
-        B.denoise_poison_outputs(prev)
-    assert B.denoise_poison_outputs(prev) == prev
+        B.set_poison_outputs(prev)
+    assert B.set_poison_outputs(prev) == prev
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,10 +39,8 @@ SMALL_TILE = 64  # elements per block in the CPU tests: several chunks per row /
 # running the cuda backend on CPU tensors (the CPU build of the burstkern_C ops)
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture
-def poisoned():
-    prev = B.sft_poison_outputs(True)
-    yield
-    B.sft_poison_outputs(prev)
+def poisoned(poisoned_outputs):
+    pass
 
 
 @pytest.fixture
@@ -53,17 +51,8 @@ def small_tiles():
 
 
 @pytest.fixture
-def compiled_on_cpu(monkeypatch, poisoned):
-    """Let the cuda backend take CPU tensors: its kernels then run the CPU build of the burstkern_C ops."""
-    original = BK.backend_available
-
-    def available(name, device_type, op=None):
-        if name == "cuda" and device_type == "cpu" and (op is None or BK.has_kernel(op, "cuda")):
-            return True, "the CPU build of the burstkern_C ops (tests)"
-        return original(name, device_type, op)
-
-    monkeypatch.setattr(BK, "backend_available", available)
-    monkeypatch.setattr(BK, "_resolve_cache", {})
+def compiled_on_cpu(cuda_backend_on_cpu, poisoned):
+    """The cuda backend on CPU tensors (conftest.cuda_backend_on_cpu), outputs poisoned."""
 
 
 @pytest.fixture(params=DEVICES)
@@ -355,7 +344,7 @@ def test_errors():
 
 def test_poison_switch_catches_unwritten_elements():
     """The poisoning the tests rely on works: outputs are NaN until written, and the kernels write all of them."""
-    prev = B.sft_poison_outputs(True)
+    prev = B.set_poison_outputs(True)
     try:
         x = torch.randn(2, 8, 3, 5)
         out, mean, rstd = B.sft_group_norm(x, torch.randn(2, 16, 1, 1), None, 4, None, None, 1e-5, 1, 0.0)
@@ -366,8 +355,8 @@ def test_poison_switch_catches_unwritten_elements():
         assert B.sft_modulate(x[:0], x[:0], None, 0, 0.0).numel() == 0
         assert rel_err(torch.full((2,), float("nan")), torch.ones(2)) == float("inf")
     finally:
-        B.sft_poison_outputs(prev)
-    assert B.sft_poison_outputs(prev) == prev
+        B.set_poison_outputs(prev)
+    assert B.set_poison_outputs(prev) == prev
     assert B.sft_tile_elements(0) == 8192  # the default, read without changing it
 
 

@@ -57,10 +57,15 @@ _POISON_OUTPUTS = False
 
 
 def set_poison_outputs(on: bool) -> bool:
-    """Tests: make :func:`poisoned` fill every buffer a fused kernel is about to write with NaN (returns the
-    previous setting), so an element a kernel forgets to write shows up as NaN instead of stale memory."""
+    """Tests: fill every buffer a fused kernel is about to write with NaN, in the Triton launchers (:func:`poisoned`)
+    and in the compiled ops' host code (returns the previous setting), so an element a kernel forgets to write
+    shows up as NaN instead of stale memory."""
     global _POISON_OUTPUTS
     prev, _POISON_OUTPUTS = _POISON_OUTPUTS, bool(on)
+    from .. import _extension  # the compiled kernels' host code has the same switch (csrc/common/poison.h)
+
+    if _extension.cuda_extension_error() is None and hasattr(torch.ops.burstkern_C, "set_poison_outputs"):
+        torch.ops.burstkern_C.set_poison_outputs(bool(on))
     return prev
 
 

@@ -3,7 +3,6 @@
 // (burstkern/ops/deform_conv/op.py); its cuda backend (burstkern/ops/deform_conv/cuda.py) calls these.
 #include <torch/library.h>
 
-#include <atomic>
 
 TORCH_LIBRARY_FRAGMENT(burstkern_C, m) {
   // [N, Cout, Ho, Wo] in input's layout (channels_last when input is channels_last and not contiguous).
@@ -16,21 +15,3 @@ TORCH_LIBRARY_FRAGMENT(burstkern_C, m) {
         "(Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
-namespace burstkern {
-namespace deform_conv {
-namespace {
-std::atomic<bool> g_poison_outputs{false};
-
-bool set_poison_outputs(bool enable) { return g_poison_outputs.exchange(enable); }
-}  // namespace
-
-bool poison_outputs_enabled() { return g_poison_outputs.load(std::memory_order_relaxed); }
-
-}  // namespace deform_conv
-}  // namespace burstkern
-
-TORCH_LIBRARY_FRAGMENT(burstkern_C, m) {
-  // Test switch: poison (NaN-fill) every output of the deform_conv2d ops before the kernels write it. Returns the
-  // previous setting.
-  m.def("deform_conv2d_poison_outputs(bool enable) -> bool", &burstkern::deform_conv::set_poison_outputs);
-}

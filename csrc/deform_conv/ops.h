@@ -19,6 +19,7 @@
 #include <string>
 #include <tuple>
 
+#include "common/poison.h"
 #include "deform_conv/element.cuh"
 
 namespace burstkern {
@@ -39,15 +40,6 @@ struct Args {
 };
 
 inline Strides4 strides4(const Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
-
-// Test switch (burstkern_C::deform_conv2d_poison_outputs, deform_conv.cpp): NaN-fill every output before the
-// kernels write it.
-bool poison_outputs_enabled();
-
-inline Tensor poisoned(Tensor t) {
-  if (poison_outputs_enabled() && t.numel() > 0) t.fill_(std::numeric_limits<double>::quiet_NaN());
-  return t;
-}
 
 inline at::MemoryFormat format_of(const Tensor& x) {
   return (!x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)) ? at::MemoryFormat::ChannelsLast

@@ -3,7 +3,6 @@
 // (burstkern/ops/denoise/cuda.py) calls these. Outputs that an op does not produce are empty [0] placeholders.
 #include <torch/library.h>
 
-#include <atomic>
 
 TORCH_LIBRARY_FRAGMENT(burstkern_C, m) {
   // (c_skip, c_out, c_in, c_noise) of a contiguous σ, float32; cm: consistency scalings with sigma_min.
@@ -37,21 +36,3 @@ TORCH_LIBRARY_FRAGMENT(burstkern_C, m) {
   m.def("denoise_randn(Tensor seed, Tensor offsets) -> (Tensor, Tensor)");
 }
 
-namespace burstkern {
-namespace denoise {
-namespace {
-std::atomic<bool> g_poison_outputs{false};
-
-bool set_poison_outputs(bool enable) { return g_poison_outputs.exchange(enable); }
-}  // namespace
-
-bool poison_outputs_enabled() { return g_poison_outputs.load(std::memory_order_relaxed); }
-
-}  // namespace denoise
-}  // namespace burstkern
-
-TORCH_LIBRARY_FRAGMENT(burstkern_C, m) {
-  // Test switch: poison (NaN-fill) every output of the denoise ops before the kernel writes it. Returns the
-  // previous setting. No tensor arguments, so one catch-all kernel serves every device.
-  m.def("denoise_poison_outputs(bool enable) -> bool", &burstkern::denoise::set_poison_outputs);
-}

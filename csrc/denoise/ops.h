@@ -20,6 +20,7 @@
 #include <tuple>
 
 #include "common/dispatch.h"
+#include "common/poison.h"
 #include "denoise/functors.cuh"
 
 namespace burstkern {
@@ -107,15 +108,6 @@ const int64_t* seed_ptr(const Tensor& seed, const Tensor& x) {
   return seed.const_data_ptr<int64_t>();
 }
 
-// Test switch (burstkern_C::denoise_poison_outputs, defined in denoise.cpp): fill every output with NaN before the
-// kernel writes it, so an element a kernel forgets shows up as NaN rather than as stale memory. Off by default: it
-// costs a fill per output.
-bool poison_outputs_enabled();
-
-inline Tensor poisoned(Tensor t) {
-  if (poison_outputs_enabled() && t.numel() > 0) t.fill_(std::numeric_limits<double>::quiet_NaN());
-  return t;
-}
 
 inline Tensor new_like(const Tensor& x, const Flat& L) {
   return poisoned(at::empty(x.sizes(), x.options().memory_format(L.fmt)));

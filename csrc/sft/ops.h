@@ -26,6 +26,7 @@
 #include <tuple>
 #include <utility>
 
+#include "common/poison.h"
 #include "sft/functors.cuh"
 
 namespace burstkern {
@@ -33,15 +34,9 @@ namespace sft {
 
 using at::Tensor;
 
-// Test switches (defined in sft.cpp): NaN-fill outputs before the kernels write them; the elements per block of
-// the tile walk (tests shrink it so small inputs reach the multi-chunk paths).
-bool poison_outputs_enabled();
+// Test switch (defined in sft.cpp): the elements per block of the tile walk (tests shrink it so small inputs reach
+// the multi-chunk paths). Output poisoning: common/poison.h.
 int64_t tile_elements();
-
-inline Tensor poisoned(Tensor t) {
-  if (poison_outputs_enabled() && t.numel() > 0) t.fill_(std::numeric_limits<double>::quiet_NaN());
-  return t;
-}
 
 inline Tensor placeholder(const Tensor& x) { return at::empty({0}, x.options()); }
 

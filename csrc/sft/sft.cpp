@@ -25,26 +25,21 @@ TORCH_LIBRARY_FRAGMENT(burstkern_C, m) {
 namespace burstkern {
 namespace sft {
 namespace {
-std::atomic<bool> g_poison_outputs{false};
 std::atomic<int64_t> g_tile_elements{8192};
-
-bool set_poison_outputs(bool enable) { return g_poison_outputs.exchange(enable); }
 
 int64_t set_tile_elements(int64_t elements) {
   return elements > 0 ? g_tile_elements.exchange(elements) : g_tile_elements.load();
 }
 }  // namespace
 
-bool poison_outputs_enabled() { return g_poison_outputs.load(std::memory_order_relaxed); }
 int64_t tile_elements() { return g_tile_elements.load(std::memory_order_relaxed); }
 
 }  // namespace sft
 }  // namespace burstkern
 
 TORCH_LIBRARY_FRAGMENT(burstkern_C, m) {
-  // Test switches, no tensor arguments (one catch-all kernel for every device): poison (NaN-fill) every output of
-  // the sft ops before the kernels write it; the elements per block of the tile walk (default 8192; tests shrink
-  // it so small inputs take the multi-chunk paths; <= 0 only reads it). Both return the previous setting.
-  m.def("sft_poison_outputs(bool enable) -> bool", &burstkern::sft::set_poison_outputs);
+  // Test switch, no tensor arguments (one catch-all kernel for every device): the elements per block of the tile
+  // walk (default 8192; tests shrink it so small inputs take the multi-chunk paths; <= 0 only reads it). Returns
+  // the previous setting.
   m.def("sft_tile_elements(int elements) -> int", &burstkern::sft::set_tile_elements);
 }
