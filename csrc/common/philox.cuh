@@ -7,13 +7,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifndef BURSTKERN_HD
-#if defined(__CUDACC__)
-#define BURSTKERN_HD __host__ __device__ __forceinline__
-#else
-#define BURSTKERN_HD inline
-#endif
-#endif
+#include "common/hd.h"
 
 namespace burstkern {
 namespace philox {

@@ -10,7 +10,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "common/philox.cuh"  // BURSTKERN_HD
+#include "common/hd.h"
 
 namespace burstkern {
 namespace sft {
