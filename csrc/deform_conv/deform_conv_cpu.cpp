@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/exec.h"
 #include "deform_conv/ops.h"
 
 namespace burstkern {
@@ -173,15 +174,7 @@ void backward_weight_impl(const Args& a, float* gw) {
   }
 }
 
-struct CpuExec {
-  struct Guard {
-    explicit Guard(c10::Device) {}
-  };
-
-  static void check_device(const Tensor& t, const char* name) {
-    TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor for the CPU build of the burstkern_C op, got device ",
-                t.device());
-  }
+struct CpuExec : CpuExecBase {
 
   static void forward(const Args& a, at::ScalarType dt) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "deform_conv2d_cpu", [&] {

@@ -6,21 +6,14 @@
 
 #include <vector>
 
+#include "common/exec.h"
 #include "denoise/ops.h"
 
 namespace burstkern {
 namespace denoise {
 namespace {
 
-struct CpuExec {
-  struct Guard {
-    explicit Guard(c10::Device) {}
-  };
-
-  static void check_device(const Tensor& t, const char* name) {
-    TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor for the CPU build of the burstkern_C op, got device ",
-                t.device());
-  }
+struct CpuExec : CpuExecBase {
 
   // Emulates a grid-stride launch of kThreads threads, the walk of the CUDA kernels; kThreads is prime so that in
   // the tests thread strides straddle sample boundaries both within and across samples.

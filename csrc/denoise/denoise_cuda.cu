@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common/exec_cuda.cuh"
 #include "common/checks.h"
 #include "denoise/ops.h"
 
@@ -93,12 +94,7 @@ int sm_count(int device) {
   return counts[device];
 }
 
-struct CudaExec {
-  using Guard = c10::cuda::CUDAGuard;
-
-  static void check_device(const Tensor& t, const char* name) {
-    TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
-  }
+struct CudaExec : CudaExecBase {
 
   template <class F>
   static void elementwise(const F& fn, int64_t total, int64_t M) {

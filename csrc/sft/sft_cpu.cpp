@@ -8,21 +8,14 @@
 
 #include <vector>
 
+#include "common/exec.h"
 #include "sft/ops.h"
 
 namespace burstkern {
 namespace sft {
 namespace {
 
-struct CpuExec {
-  struct Guard {
-    explicit Guard(c10::Device) {}
-  };
-
-  static void check_device(const Tensor& t, const char* name) {
-    TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor for the CPU build of the burstkern_C op, got device ",
-                t.device());
-  }
+struct CpuExec : CpuExecBase {
 
   template <int V, class F>
   static void tile(const F& fn, const Tiling& T, float* part) {

@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "common/exec_cuda.cuh"
 #include "common/checks.h"
 #include "sft/ops.h"
 
@@ -50,12 +51,7 @@ __global__ void __launch_bounds__(kThreads) each_kernel(const F fn, int64_t coun
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += stride) fn(i);
 }
 
-struct CudaExec {
-  using Guard = c10::cuda::CUDAGuard;
-
-  static void check_device(const Tensor& t, const char* name) {
-    TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got device ", t.device());
-  }
+struct CudaExec : CudaExecBase {
 
   template <int V, class F>
   static void tile(const F& fn, const Tiling& T, float* part) {
