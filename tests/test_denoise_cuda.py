@@ -22,7 +22,7 @@ from burstkern import _extension, ops
 from burstkern.ops.denoise import reference as R
 from burstkern.ops.denoise import rng
 
-from utils import DTYPES, assert_rel_close, rel_err, requires_cuda
+from utils import cuda_kernel_names, DTYPES, assert_rel_close, rel_err, requires_cuda
 
 if _extension.cuda_extension_error() is not None or not hasattr(torch.ops.burstkern_C, "denoise_combine"):
     pytest.skip(f"burstkern._C without the denoise ops ({_extension.cuda_extension_error()})", allow_module_level=True)
@@ -433,16 +433,7 @@ def test_poison_switch_catches_unwritten_elements():
 # GPU only: launches, CUDA graphs, large shapes
 # ----------------------------------------------------------------------------------------------
 def _kernels(fn):
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return [e.name for e in prof.events() if e.device_type == DeviceType.CUDA
-            and "memset" not in e.name.lower() and "memcpy" not in e.name.lower()]
+    return cuda_kernel_names(fn)
 
 
 @requires_cuda

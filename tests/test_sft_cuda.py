@@ -22,7 +22,7 @@ import burstkern
 from burstkern import _extension
 
 from test_sft import ACTS, FORMS, LAYOUTS, Case, _op_args, _plain_errors, call, expected_format, make_inputs, run
-from utils import DTYPES, TOL, assert_rel_close, rel_err, requires_cuda
+from utils import cuda_kernel_names, DTYPES, TOL, assert_rel_close, rel_err, requires_cuda
 
 if _extension.cuda_extension_error() is not None or not hasattr(torch.ops.burstkern_C, "sft_modulate"):
     pytest.skip(f"burstkern._C without the sft ops ({_extension.cuda_extension_error()})", allow_module_level=True)
@@ -385,16 +385,7 @@ def test_gpu_unet_shapes(case, dtype, poisoned):
 
 
 def _kernels(fn):
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return [e.name for e in prof.events() if e.device_type == DeviceType.CUDA
-            and "memset" not in e.name.lower() and "memcpy" not in e.name.lower()]
+    return cuda_kernel_names(fn)
 
 
 @requires_cuda
