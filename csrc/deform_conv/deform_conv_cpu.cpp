@@ -1,5 +1,6 @@
 // CPU implementations of the burstkern_C deform_conv2d ops: the element functions of element.cuh (the code the
-// CUDA kernels run) in plain loops, the GEMMs as loops too. They exist so sampling, indexing, layouts, groups,
+// CUDA kernels run) in plain loops, the GEMMs as loops too; or, when the tests switch the SIMT emulation on, the
+// CUDA kernels themselves run on the CPU (common/simt_emu.h). They exist so sampling, indexing, layouts, groups,
 // dtype handling and the backward formulas are tested on machines without a GPU; the `cuda` backend itself stays
 // GPU-only. Like the kernels, half/bfloat16 round the sampled (modulated) value to their dtype before the product
 // (the tensor cores' input) and accumulate in fp32. Every sample n is independent, and grad weight sums per-sample
@@ -13,6 +14,9 @@
 
 #include "common/exec.h"
 #include "deform_conv/ops.h"
+// last: under the C++ compiler these bring the SIMT emulation's stand-ins for the CUDA keywords (common/simt.h)
+#include "deform_conv/bwd_kernels.cuh"
+#include "deform_conv/fwd_kernel.cuh"
 
 namespace burstkern {
 namespace deform_conv {
@@ -174,21 +178,28 @@ void backward_weight_impl(const Args& a, float* gw) {
   }
 }
 
+// The loops above, or under burstkern_C::set_simt_emulation the CUDA kernels themselves (fwd_kernel.cuh,
+// bwd_kernels.cuh) on the SIMT emulation.
 struct CpuExec : CpuExecBase {
+  using Emu = simt::EmuLaunch;
 
   static void forward(const Args& a, at::ScalarType dt) {
+    if (simt::mode() != 0) return launch_forward<Emu>(a, dt);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "deform_conv2d_cpu", [&] {
       forward_impl<scalar_t>(a);
     });
   }
 
-  static void backward_data(const Args& a, at::ScalarType dt, bool /*deterministic: always*/) {
+  static void backward_data(const Args& a, at::ScalarType dt, bool deterministic) {
+    if (simt::mode() != 0) return launch_backward_data<Emu>(a, dt, deterministic);
+    // the loops are deterministic whatever the setting
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "deform_conv2d_backward_cpu", [&] {
       backward_data_impl<scalar_t>(a);
     });
   }
 
   static Tensor backward_weight(const Args& a, at::ScalarType dt) {
+    if (simt::mode() != 0) return launch_backward_weight<Emu>(a, dt);
     Tensor gw = at::empty({a.d.Cout, a.d.cin_g, a.d.kh, a.d.kw}, at::TensorOptions().dtype(at::kFloat));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dt, "deform_conv2d_backward_weight_cpu", [&] {
       backward_weight_impl<scalar_t>(a, gw.mutable_data_ptr<float>());

@@ -1,6 +1,7 @@
 // CPU implementations of the burstkern_C denoise ops: the functors of functors.cuh (the code the CUDA kernels
 // run) in plain loops. They exist so the compiled element code (math, RNG bits, sample indexing, dtypes) is
-// tested on machines without a GPU; the `cuda` backend itself stays GPU-only.
+// tested on machines without a GPU; the `cuda` backend itself stays GPU-only. When the tests switch the SIMT
+// emulation on, the CUDA kernels themselves run.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -8,12 +9,17 @@
 
 #include "common/exec.h"
 #include "denoise/ops.h"
+// last: under the C++ compiler this brings the SIMT emulation's stand-ins for the CUDA keywords (common/simt.h)
+#include "denoise/kernels.cuh"
 
 namespace burstkern {
 namespace denoise {
 namespace {
 
+// The loops below, or under burstkern_C::set_simt_emulation the CUDA kernels themselves (kernels.cuh) on the SIMT
+// emulation.
 struct CpuExec : CpuExecBase {
+  using Emu = KernelLaunch<simt::EmuLaunch>;
 
   // Emulates a grid-stride launch of kThreads threads, the walk of the CUDA kernels; kThreads is prime so that in
   // the tests thread strides straddle sample boundaries both within and across samples.
@@ -21,6 +27,7 @@ struct CpuExec : CpuExecBase {
 
   template <class F>
   static void elementwise(const F& fn, int64_t total, int64_t M) {
+    if (simt::mode() != 0) return Emu::elementwise(fn, total, M);
     const int64_t threads = std::min<int64_t>(kThreads, total);
     at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
@@ -33,7 +40,8 @@ struct CpuExec : CpuExecBase {
   static constexpr int64_t kChunk = 2048;
 
   template <class F>
-  static void reduce(const F& fn, int64_t groups, int64_t group_size, int64_t M, const Tensor&) {
+  static void reduce(const F& fn, int64_t groups, int64_t group_size, int64_t M, const Tensor& like) {
+    if (simt::mode() != 0) return Emu::reduce(fn, groups, group_size, M, like);
     const int64_t nblk = std::max<int64_t>(1, (group_size + kChunk - 1) / kChunk);
     std::vector<float> partials(static_cast<size_t>(groups * nblk), 0.0f);
     at::parallel_for(0, groups * nblk, 1, [&](int64_t begin, int64_t end) {

@@ -2,7 +2,7 @@
 // loops that walk the elements the way the GPU blocks do (every block's 256 threads one after the other, then the
 // same shared-memory tree, level by level, and the same partials). They exist so the compiled element code
 // (math, addressing, vector lanes, reduction order, dtypes) is tested on machines without a GPU; the `cuda`
-// backend itself stays GPU-only.
+// backend itself stays GPU-only. When the tests switch the SIMT emulation on, the CUDA kernels themselves run.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -10,16 +10,23 @@
 
 #include "common/exec.h"
 #include "sft/ops.h"
+// last: under the C++ compiler this brings the SIMT emulation's stand-ins for the CUDA keywords (common/simt.h)
+#include "sft/kernels.cuh"
 
 namespace burstkern {
 namespace sft {
 namespace {
 
+// The loops below, or under burstkern_C::set_simt_emulation the CUDA kernels themselves (kernels.cuh) on the SIMT
+// emulation.
 struct CpuExec : CpuExecBase {
+  using Emu = KernelLaunch<simt::EmuLaunch>;
 
   template <int V, class F>
   static void tile(const F& fn, const Tiling& T, float* part) {
-    if (T.cl) {
+    if (simt::mode() != 0) {
+      Emu::tile<V>(fn, T, part);
+    } else if (T.cl) {
       tile_as<V, true>(fn, T, part);
     } else {
       tile_as<V, false>(fn, T, part);
@@ -49,6 +56,7 @@ struct CpuExec : CpuExecBase {
 
   template <class F>
   static void each(const F& fn, int64_t count) {
+    if (simt::mode() != 0) return Emu::each(fn, count);
     at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) fn(i);
     });
