@@ -42,3 +42,19 @@ def cuda_backend_on_cpu(monkeypatch, poisoned_outputs):
 
     monkeypatch.setattr(bk, "backend_available", available)
     monkeypatch.setattr(bk, "_resolve_cache", {})
+
+
+@pytest.fixture
+def simt_emulation(request):
+    """The CPU build of the burstkern_C ops runs the CUDA kernels themselves (csrc/<op>/*kernels.cuh, compiled by
+    the C++ compiler) on the SIMT emulation of csrc/common/simt_emu.h instead of its loops: tiling, shared memory,
+    barriers, shuffles, tensor-core tile products and atomics are exercised without a GPU. Threads of a block run
+    in order; tests that want the reverse order (a missing barrier then changes the result) set mode 2 themselves.
+    Fails the test if no kernel ran under the emulation while it was on, unless the test expects none."""
+    B = torch.ops.burstkern_C
+    before = B.simt_emulation_stats()[0]
+    prev = B.set_simt_emulation(1)
+    yield
+    B.set_simt_emulation(prev)
+    if "no_kernel_launch" not in request.keywords:
+        assert B.simt_emulation_stats()[0] > before, "no CUDA kernel ran under the SIMT emulation"

@@ -31,7 +31,8 @@ if _extension.cuda_extension_error() is not None or not hasattr(torch.ops.burstk
 
 BK = importlib.import_module("burstkern.backend")  # the module (burstkern.backend is the context manager)
 B = torch.ops.burstkern_C
-DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
+# cpu: the CPU build's loops; emu: the CUDA kernels on the SIMT emulation (conftest.simt_emulation)
+DEVICES = ["cpu", "emu", pytest.param("cuda", marks=requires_cuda)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -68,11 +69,13 @@ def compiled_on_cpu(cuda_backend_on_cpu, poisoned):
 
 @pytest.fixture(params=DEVICES)
 def dev(request):
-    if request.param == "cpu":
+    if request.param in ("cpu", "emu"):
         request.getfixturevalue("compiled_on_cpu")
+        if request.param == "emu":
+            request.getfixturevalue("simt_emulation")
     else:
         request.getfixturevalue("poisoned")
-    return request.param
+    return "cpu" if request.param == "emu" else request.param
 
 
 def parity(cfg, dtype, device, layout="contiguous", seed=0):
@@ -150,6 +153,7 @@ def test_sampling_bit_exact(compiled_on_cpu):
     assert torch.equal(out, cols.reshape(n, c, h, w))
 
 
+@pytest.mark.no_kernel_launch
 def test_empty_batch(dev):
     cfg = Cfg(n=0)
     args = make_inputs(cfg, dtype=torch.float32, device=dev)
@@ -251,6 +255,32 @@ GPU_CASES = [
 @pytest.mark.parametrize("cfg", GPU_CASES, ids=str)
 def test_parity_gpu(cfg, dtype, poisoned):
     parity(cfg, dtype, "cuda", seed=31)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cfg", GPU_CASES[1:], ids=str)
+def test_parity_tiled_emulated(cfg, dtype, compiled_on_cpu, simt_emulation):
+    """The GPU cases but the issue's full shape, the CUDA kernels on the SIMT emulation: several pixel and
+    output-channel tiles with tails, channel chunks straddling offset and weight groups, the tensor-core path."""
+    parity(cfg, dtype, "cpu", seed=31)
+
+
+def test_deterministic_chunks_emulated(compiled_on_cpu, simt_emulation):
+    """More contributions than one deterministic grad-input launch holds: two launches, reduced with index_put_;
+    bitwise equal between runs."""
+    cfg = Cfg(n=1, cin=64, cout=64, h=48, w=48, og=8)
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        before = B.simt_emulation_stats()[0]
+        _, g1 = parity(cfg, torch.float16, "cpu", seed=43)
+        launches = B.simt_emulation_stats()[0] - before
+        _, g2 = parity(cfg, torch.float16, "cpu", seed=43)
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    assert launches == 1 + 2 + 1, launches  # forward, grad data in two chunks, grad weight
+    for name, a, b in zip(NAMES, g1, g2):
+        assert torch.equal(a, b), f"grad {name} differs between two deterministic runs"
 
 
 @requires_cuda

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import burstkern
+from burstkern import _extension
 from burstkern import profiling
 from burstkern.backend import backend_available
 from burstkern.models import EBSRD, PRESETS
@@ -79,6 +80,21 @@ def test_same_weights_same_image_under_every_backend(name, dtype):
         with burstkern.backend(name):
             out = model.one_step(b, generator=gen(5, device))
     # fp32: only summation order differs; bf16: each op rounds once, a few ulps of bf16 through the network
+    tol = 2e-5 if dtype == torch.float32 else 2e-2
+    assert rel_err(out, ref) < tol
+
+
+@pytest.mark.skipif(_extension.cuda_extension_error() is not None, reason="needs burstkern._C")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_same_image_with_the_cuda_kernels_emulated(dtype, cuda_backend_on_cpu, simt_emulation):
+    """Without a GPU: the cuda backend on CPU tensors, its CUDA kernels on the SIMT emulation (conftest), through
+    the whole one-step pipeline."""
+    model, b = make_model(dtype=dtype), burst(dtype=dtype)
+    with torch.no_grad():
+        with burstkern.backend("reference"):
+            ref = model.one_step(b, generator=gen(5, "cpu"))
+        with burstkern.backend("cuda"):
+            out = model.one_step(b, generator=gen(5, "cpu"))
     tol = 2e-5 if dtype == torch.float32 else 2e-2
     assert rel_err(out, ref) < tol
 

@@ -13,6 +13,8 @@ tiles. The ``cuda`` parametrisation and the GPU-only tests (U-Net shapes, launch
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib
 
 import pytest
@@ -31,7 +33,8 @@ from burstkern.ops.sft import cuda as glue  # noqa: E402
 
 BK = importlib.import_module("burstkern.backend")  # the module (burstkern.backend is the context manager)
 B = torch.ops.burstkern_C
-DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
+# cpu: the CPU build's loops; emu: the CUDA kernels on the SIMT emulation (conftest.simt_emulation)
+DEVICES = ["cpu", "emu", pytest.param("cuda", marks=requires_cuda)]
 SMALL_TILE = 64  # elements per block in the CPU tests: several chunks per row / pixel range on small inputs
 
 
@@ -57,12 +60,14 @@ def compiled_on_cpu(cuda_backend_on_cpu, poisoned):
 
 @pytest.fixture(params=DEVICES)
 def dev(request):
-    if request.param == "cpu":
+    if request.param in ("cpu", "emu"):
         request.getfixturevalue("compiled_on_cpu")
+        if request.param == "emu":
+            request.getfixturevalue("simt_emulation")
         request.getfixturevalue("small_tiles")
     else:
         request.getfixturevalue("poisoned")
-    return request.param
+    return "cpu" if request.param == "emu" else request.param
 
 
 def check(case: Case, dtype: torch.dtype, device: str, seed: int = 11, scale: float = 1.0):
@@ -222,6 +227,7 @@ def test_three_d_input(dev):
     assert_rel_close(out.cpu(), want, torch.float32, "3-D")
 
 
+@pytest.mark.no_kernel_launch
 def test_empty_batch(dev):
     x = torch.randn(0, 8, 5, 7, device=dev)
     g = torch.randn(0, 8, 5, 7, device=dev)
@@ -382,6 +388,31 @@ GPU_CASES = [
 @pytest.mark.parametrize("case,dtype", GPU_CASES, ids=lambda v: str(v))
 def test_gpu_unet_shapes(case, dtype, poisoned):
     check(case, dtype, "cuda")
+
+
+def _scaled(case: Case) -> Case:
+    return dataclasses.replace(case, n=min(case.n, 2), h=max(3, case.h // 8), w=max(3, case.w // 8))
+
+
+@pytest.mark.parametrize("case,dtype", [(_scaled(c), d) for c, d in GPU_CASES], ids=lambda v: str(v))
+def test_unet_shapes_emulated(case, dtype, compiled_on_cpu, simt_emulation):
+    """The GPU cases scaled down, the CUDA kernels on the SIMT emulation with the default tile size."""
+    check(case, dtype, "cpu")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_emulated_kernels_match_cpu_build_bitwise(layout, compiled_on_cpu):
+    """The CPU loops walk the elements as the kernels do (same partials, same tree), so they agree bit for bit."""
+    case = Case(op="gn", n=2, c=32, h=24, w=16, groups=8, form="merged_channel", act="silu", layout=layout)
+    args = _op_args(case, make_inputs(case, torch.float32, seed=3))
+    loops = B.sft_group_norm(*args)
+    prev = B.set_simt_emulation(1)
+    try:
+        emulated = B.sft_group_norm(*args)
+    finally:
+        B.set_simt_emulation(prev)
+    for a, b in zip(loops, emulated):
+        assert torch.equal(a, b)
 
 
 def _kernels(fn):
