@@ -6,8 +6,9 @@ most of it is tested here on the CPU: the ``compiled_on_cpu`` fixture lets the `
 write) and pins it to the fp64 reference: forward and every gradient, fp32/fp16/bf16, weight groups, offset groups
 1/2/several/one channel each, stride/padding/dilation, mask None, far offsets, N = 0/1, odd sizes,
 channels_last/strided inputs, deterministic mode, opcheck and torch.compile. The sampling itself is pinned bit for
-bit to the reference's columns. The GPU tiling / tensor-core paths run in the GPU-only tests (skipped without a
-GPU): the issue's shapes, multi-tile shapes with tails, determinism, small compute-sanitizer-friendly cases.
+bit to the reference's columns. The tiled tensor-core kernels themselves run without a GPU on the SIMT emulation
+(the ``emu`` device and the ``*_emulated`` tests: multi-tile shapes with tails, deterministic chunks); on a GPU the
+GPU-only tests add the issue's full shape and small compute-sanitizer-friendly cases.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 // output allocation, grad bias, and the dtype-independent argument pack, templated on an executor:
 //   CudaExec (deform_conv_fwd_cuda.cu / deform_conv_bwd_cuda.cu): implicit-GEMM kernels on the tensor cores;
 //   CpuExec  (deform_conv_cpu.cpp): the same element functions (element.cuh) in plain loops, so sampling,
-//            indexing, layouts, groups and the backward formulas are tested without a GPU.
+//            indexing, layouts, groups and the backward formulas are tested without a GPU; or, under
+//            burstkern_C::set_simt_emulation, the CUDA kernels themselves on the SIMT emulation (tests).
 // Executor interface: Guard(device); check_device(t, name);
 //   forward(args, dtype)                      writes args.y;
 //   backward_data(args, dtype, deterministic) accumulates grad input into args.gi (fp32, contiguous, zeroed) and

@@ -1,7 +1,8 @@
 // Host side of the burstkern_C denoise ops, written once for both builds: argument checks, layout, output
 // allocation and dtype dispatch, templated on an executor that runs a functor of functors.cuh over the elements:
 //   CudaExec (denoise_cuda.cu): CUDAGuard, current stream, grid-stride kernels, launch check after every launch;
-//   CpuExec  (denoise_cpu.cpp): the same functors in CPU loops, so the element code is tested without a GPU.
+//   CpuExec  (denoise_cpu.cpp): the same functors in CPU loops, so the element code is tested without a GPU; or,
+//            under burstkern_C::set_simt_emulation, the CUDA kernels themselves on the SIMT emulation (tests).
 // Executor interface: Guard(device); check_device(t, name); elementwise(fn, total, M);
 // reduce(fn, groups, group_size, M, like) (per-group sums of fn's terms handed to fn.finalize(g, sum)).
 //

@@ -1,7 +1,8 @@
 // Host side of the burstkern_C sft ops, written once for both builds: argument checks, layout, output allocation,
 // tiling and dtype/vector-width dispatch, templated on an executor:
 //   CudaExec (sft_cuda.cu): CUDAGuard, current stream, one kernel per pass, launch check after every launch;
-//   CpuExec  (sft_cpu.cpp): the same functors in CPU loops that walk the elements the way the GPU blocks do.
+//   CpuExec  (sft_cpu.cpp): the same functors in CPU loops that walk the elements the way the GPU blocks do; or,
+//            under burstkern_C::set_simt_emulation, the CUDA kernels themselves on the SIMT emulation (tests).
 // Executor interface: Guard(device); check_device(t, name); tile<V>(fn, tiling, partials) (the tile walk of
 // element.cuh over tiling.blocks blocks, the layout as a template parameter; partials [K][N][C][nchunk] written
 // when F::kReduce and partials != nullptr); each(fn, count) (fn(i) for i in [0, count)).
