@@ -362,10 +362,17 @@ def _pow2(v: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(max(1, v))))
 
 
-def _blocks(cin_g: int, cout_g: int, on_gpu: bool):
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps): tl.dot needs every dim >= 16."""
+def _blocks(cin_g: int, cout_g: int, on_gpu: bool, dtype: torch.dtype = torch.float16):
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps): tl.dot needs every dim >= 16.
+
+    GPU: 8 warps, and half-size tiles for float32 (its exact tl.dot runs on FMAs with both operand tiles in
+    registers; the grad-weight kernel reduces over BLOCK_M pixels): with 4 warps, or full-size fp32 tiles, ptxas
+    spills hundreds of bytes to 1.8 KB per thread in these kernels (compiled for sm_90 without a GPU by
+    tests/triton_sm90_compile.py, which reports the stack sizes)."""
     if on_gpu:
-        return 64, _pow2(cout_g, 16, 64), _pow2(cin_g, 16, 32), 4
+        if dtype == torch.float32:
+            return 32, _pow2(cout_g, 16, 64), _pow2(cin_g, 16, 16), 8
+        return 64, _pow2(cout_g, 16, 64), _pow2(cin_g, 16, 32), 8
     # interpreter: fewer, larger programs run faster (numpy per op, not per element)
     return 64, _pow2(cout_g, 16, 64), _pow2(cin_g, 16, 64), 1
 
@@ -406,7 +413,7 @@ def deform_conv2d_forward(input, offset, weight, bias, sh, sw, ph, pw, dh, dw, m
     groups = cin // cin_g
     cout_g = cout // groups
     cpg = cin // og
-    bm, bn, bk, nw = _blocks(cin_g, cout_g, input.is_cuda)
+    bm, bn, bk, nw = _blocks(cin_g, cout_g, input.is_cuda, input.dtype)
     grid = (triton.cdiv(m_total, bm), groups * triton.cdiv(cout_g, bn))
     msk = mask if mask is not None else offset  # a valid pointer; never read when HAS_MASK is False
     b = bias if bias is not None else weight
@@ -444,7 +451,7 @@ def deform_conv2d_backward(grad, input, offset, weight, bias, sh, sw, ph, pw, dh
     C.poisoned(g_off), C.poisoned(g_m)
     if bias is not None:
         g_b = grad.sum((0, 2, 3), dtype=torch.float32).to(bias.dtype)
-    bm, bn, bk, nw = _blocks(cin_g, cout_g, input.is_cuda)
+    bm, bn, bk, nw = _blocks(cin_g, cout_g, input.is_cuda, input.dtype)
     # fp32 accumulation buffer for grad input (atomics / index_put_ target), contiguous NCHW
     gi = torch.zeros((n, cin, h, w), dtype=torch.float32, device=dev)
     msk = mask if mask is not None else offset
