@@ -448,7 +448,7 @@ def test_triton_multi_tile(cfg, dtype, poison, monkeypatch):
     if not any(p.values[0] == "triton" and not p.marks for p in FUSED):
         pytest.skip("triton backend not available here")
     from burstkern.ops.deform_conv import triton as dc_triton
-    monkeypatch.setattr(dc_triton, "_blocks", lambda cin_g, cout_g, on_gpu: (16, 16, 16, 4 if on_gpu else 1))
+    monkeypatch.setattr(dc_triton, "_blocks", lambda cin_g, cout_g, on_gpu, dtype=None: (16, 16, 16, 4 if on_gpu else 1))
     monkeypatch.setattr(dc_triton, "_weight_splits", lambda m_total, tiles, bm, on_gpu: 2)
     _parity("triton", cfg, dtype, seed=_seed(cfg, dtype))
 
