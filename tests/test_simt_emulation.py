@@ -17,7 +17,6 @@ if _extension.cuda_extension_error() is not None or not hasattr(torch.ops.burstk
     pytest.skip(f"burstkern._C without the SIMT emulation ({_extension.cuda_extension_error()})",
                 allow_module_level=True)
 
-import burstkern  # noqa: E402
 
 B = torch.ops.burstkern_C
 
