@@ -1,9 +1,9 @@
 """Runs the CUDA kernels on the SIMT emulation with every input tensor placed so that its last byte ends right
-before an unreadable page: a kernel that reads past the end of an input (a tail or gather overrun, which the GPU
-would report under compute-sanitizer) crashes this process with SIGSEGV. Run as a subprocess by
-tests/test_simt_guarded.py.
+before an unreadable page (`end`), or so that its first byte starts right after one (`start`): a kernel that
+reads past either end of an input (a tail or gather overrun, which the GPU would report under compute-sanitizer)
+crashes this process with SIGSEGV. Run as a subprocess by tests/test_simt_guarded.py.
 
-    python tests/guarded_inputs.py [control]
+    python tests/guarded_inputs.py end|start|control-end|control-start
 """
 
 from __future__ import annotations
@@ -22,19 +22,23 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
+WHERE = "end"
+
+
 def guarded(t: torch.Tensor) -> torch.Tensor:
-    """A copy of t (same shape, strides and values) whose storage ends exactly at a PROT_NONE page."""
+    """A copy of t (same shape, strides and values) whose storage ends exactly at a PROT_NONE page (WHERE="end")
+    or starts right after one (WHERE="start")."""
     assert t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last), "guarded() takes dense tensors"
     nbytes = max(t.numel(), 1) * t.element_size()
     page = mmap.PAGESIZE
     total = ((nbytes + page - 1) // page + 1) * page
     buf = mmap.mmap(-1, total, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    start = total - page - nbytes
+    start, fence = (total - page - nbytes, total - page) if WHERE == "end" else (page, 0)
     out = torch.frombuffer(buf, dtype=torch.uint8, count=nbytes, offset=start).view(t.dtype)
     out = out[: t.numel()].as_strided(t.shape, t.stride())
     out.copy_(t)
-    if _libc.mprotect(ctypes.c_void_p(base + total - page), page, 0) != 0:
+    if _libc.mprotect(ctypes.c_void_p(base + fence), page, 0) != 0:
         raise OSError(ctypes.get_errno(), "mprotect")
     _KEEP.append(buf)
     return out
@@ -100,10 +104,14 @@ def denoise():
 
 
 def main(argv):
+    global WHERE
     assert _extension.cuda_extension_error() is None, _extension.cuda_extension_error()
-    if argv == ["control"]:  # the guard works: one byte past the end of a guarded tensor is unreadable
+    (arg,) = argv
+    WHERE = arg.removeprefix("control-")
+    assert WHERE in ("end", "start"), arg
+    if arg.startswith("control-"):  # the guard works: the byte just outside a guarded tensor is unreadable
         t = guarded(torch.zeros(3))
-        ctypes.string_at(t.data_ptr() + t.numel() * t.element_size(), 1)
+        ctypes.string_at(t.data_ptr() + (t.numel() * t.element_size() if WHERE == "end" else -1), 1)
         return 0
     B.set_simt_emulation(1)
     for family in (deform_conv, sft, denoise):

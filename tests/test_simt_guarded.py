@@ -1,6 +1,6 @@
-"""No CUDA kernel reads past the end of an input: tests/guarded_inputs.py runs every kernel on the SIMT emulation
-with each input ending right before an unreadable page (a crash there is an overrun the GPU's compute-sanitizer
-would report). Reads before the start of an input and writes past the end of an output are not covered here."""
+"""No CUDA kernel reads outside its inputs: tests/guarded_inputs.py runs every kernel on the SIMT emulation with
+each input ending right before an unreadable page, then starting right after one (a crash there is an overrun the
+GPU's compute-sanitizer would report). Writes outside the outputs (which the ops allocate) are not covered here."""
 
 from __future__ import annotations
 
@@ -27,14 +27,16 @@ def _run(*args):
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=900)
 
 
-def test_guard_page_catches_an_overrun():
-    out = _run("control")
+@pytest.mark.parametrize("where", ["end", "start"])
+def test_guard_page_catches_an_overrun(where):
+    out = _run(f"control-{where}")
     assert out.returncode == -signal.SIGSEGV, (out.returncode, out.stderr[-2000:])
 
 
-def test_kernels_stay_inside_their_inputs():
-    out = _run()
+@pytest.mark.parametrize("where", ["end", "start"])
+def test_kernels_stay_inside_their_inputs(where):
+    out = _run(where)
     assert out.returncode == 0, (
-        f"exit {out.returncode} ({'SIGSEGV: a kernel read past the end of an input' if out.returncode == -11 else ''})"
+        f"exit {out.returncode} ({f'SIGSEGV: a kernel read past the {where} of an input' if out.returncode == -11 else ''})"
         f" after: {out.stdout.strip()!r}\n{out.stderr[-3000:]}")
     assert out.stdout.split() == ["deform_conv", "ok", "sft", "ok", "denoise", "ok"]
