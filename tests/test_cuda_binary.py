@@ -4,27 +4,14 @@ kernel spills registers to local memory or asks for more static shared memory th
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from functools import lru_cache
 
 import pytest
 
 from burstkern import _extension
-
-
-def _cuobjdump():
-    candidates = [shutil.which("cuobjdump"), os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin",
-                                                          "cuobjdump")]
-    try:  # Triton ships one with its NVIDIA backend
-        import triton
-
-        candidates.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"))
-    except ImportError:
-        pass
-    return next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+from utils import find_cuobjdump, parse_res_usage
 
 
 def _library():
@@ -35,7 +22,7 @@ def _library():
 
 if _extension.cuda_extension_error() is not None:
     pytest.skip(f"burstkern._C is not built ({_extension.cuda_extension_error()})", allow_module_level=True)
-CUOBJDUMP = _cuobjdump()
+CUOBJDUMP = find_cuobjdump()
 if CUOBJDUMP is None:
     pytest.skip("no cuobjdump (CUDA toolkit or Triton's NVIDIA backend)", allow_module_level=True)
 
@@ -51,16 +38,7 @@ def _run(*args):
 @lru_cache(maxsize=None)
 def resources():
     """{mangled kernel name: {"REG": n, "STACK": n, "SHARED": n, "LOCAL": n}} over every arch in the fatbin."""
-    text = _run("-res-usage")
-    kernels, name = {}, None
-    for line in text.splitlines():
-        m = re.match(r"\s*Function (\S+):", line)
-        if m:
-            name = m.group(1)
-            continue
-        if name and "REG:" in line:
-            kernels[name] = {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", line)}
-            name = None
+    kernels = parse_res_usage(_run("-res-usage"))
     assert kernels, "cuobjdump listed no kernels"
     return kernels
 

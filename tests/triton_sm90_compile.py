@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime import driver  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
+from utils import find_cuobjdump, parse_res_usage  # noqa: E402  (tests/, the script's folder)
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -47,23 +48,17 @@ class CompileOnlyDriver:
         return torch.device("cpu")
 
 
-def cuobjdump():
-    import triton
-
-    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    return path if os.access(path, os.X_OK) else None
-
-
 def resources(cubin: bytes) -> dict:
     """REG / STACK / SHARED / LOCAL of the kernel in a cubin, read by cuobjdump (no GPU, no driver)."""
-    tool = cuobjdump()
+    tool = find_cuobjdump()
     if tool is None:
         return {}
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True).stdout
-    return {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", out)}
+    (usage,) = parse_res_usage(out).values()
+    return usage
 
 
 RECORDS = []

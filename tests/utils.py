@@ -63,3 +63,34 @@ def cuda_kernel_names(fn):
         torch.cuda.synchronize()
     return [e.name for e in prof.events() if e.device_type == DeviceType.CUDA
             and "memset" not in e.name.lower() and "memcpy" not in e.name.lower()]
+
+
+def find_cuobjdump():
+    """cuobjdump from PATH, CUDA_HOME, or Triton's NVIDIA backend (which ships one); None if there is none."""
+    import os
+    import shutil
+
+    candidates = [shutil.which("cuobjdump"),
+                  os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "cuobjdump")]
+    try:
+        import triton
+
+        candidates.append(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"))
+    except ImportError:
+        pass
+    return next((c for c in candidates if c and os.path.isfile(c) and os.access(c, os.X_OK)), None)
+
+
+def parse_res_usage(text: str) -> dict:
+    """`cuobjdump -res-usage` output -> {mangled kernel name: {"REG", "STACK", "SHARED", "LOCAL": int}}."""
+    import re
+
+    kernels, name = {}, None
+    for line in text.splitlines():
+        m = re.match(r"\s*Function (\S+):", line)
+        if m:
+            name = m.group(1)
+        elif name and "REG:" in line:
+            kernels[name] = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", line)}
+            name = None
+    return kernels
