@@ -24,7 +24,7 @@ from burstkern.ops.deform_conv import cuda as glue
 from burstkern.ops.deform_conv import reference
 
 from test_deform_conv import NAMES, Cfg, _opcheck_both, _seed, bk, make_inputs, run
-from utils import DTYPES, assert_rel_close, requires_cuda
+from utils import COMPILED_DEVICES, compiled_device, DTYPES, assert_rel_close, requires_cuda
 
 if _extension.cuda_extension_error() is not None or not hasattr(torch.ops.burstkern_C, "deform_conv2d"):
     pytest.skip(f"burstkern._C without the deform_conv2d ops ({_extension.cuda_extension_error()})",
@@ -32,8 +32,7 @@ if _extension.cuda_extension_error() is not None or not hasattr(torch.ops.burstk
 
 BK = importlib.import_module("burstkern.backend")  # the module (burstkern.backend is the context manager)
 B = torch.ops.burstkern_C
-# cpu: the CPU build's loops; emu: the CUDA kernels on the SIMT emulation (conftest.simt_emulation)
-DEVICES = ["cpu", "emu", pytest.param("cuda", marks=requires_cuda)]
+DEVICES = COMPILED_DEVICES
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,13 +69,7 @@ def compiled_on_cpu(cuda_backend_on_cpu, poisoned):
 
 @pytest.fixture(params=DEVICES)
 def dev(request):
-    if request.param in ("cpu", "emu"):
-        request.getfixturevalue("compiled_on_cpu")
-        if request.param == "emu":
-            request.getfixturevalue("simt_emulation")
-    else:
-        request.getfixturevalue("poisoned")
-    return "cpu" if request.param == "emu" else request.param
+    return compiled_device(request)
 
 
 def parity(cfg, dtype, device, layout="contiguous", seed=0):

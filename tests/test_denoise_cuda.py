@@ -22,7 +22,7 @@ from burstkern import _extension, ops
 from burstkern.ops.denoise import reference as R
 from burstkern.ops.denoise import rng
 
-from utils import cuda_kernel_names, DTYPES, assert_rel_close, rel_err, requires_cuda
+from utils import COMPILED_DEVICES, compiled_device, cuda_kernel_names, DTYPES, assert_rel_close, rel_err, requires_cuda
 
 if _extension.cuda_extension_error() is not None or not hasattr(torch.ops.burstkern_C, "denoise_combine"):
     pytest.skip(f"burstkern._C without the denoise ops ({_extension.cuda_extension_error()})", allow_module_level=True)
@@ -36,8 +36,7 @@ SMIN = 0.002
 LAYOUTS = ("contiguous", "channels_last", "strided")
 # odd sizes, batch 1, more than one 2048-element reduction chunk per sample (1, 3, 41, 37)
 SHAPES = ((3, 3, 7, 5), (1, 3, 41, 37), (2, 3, 23, 19))
-# cpu: the CPU build's loops; emu: the CUDA kernels on the SIMT emulation (conftest.simt_emulation)
-DEVICES = ["cpu", "emu", pytest.param("cuda", marks=requires_cuda)]
+DEVICES = COMPILED_DEVICES
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,13 +54,7 @@ def compiled_on_cpu(cuda_backend_on_cpu, poisoned):
 
 @pytest.fixture(params=DEVICES)
 def dev(request):
-    if request.param in ("cpu", "emu"):
-        request.getfixturevalue("compiled_on_cpu")
-        if request.param == "emu":
-            request.getfixturevalue("simt_emulation")
-    else:
-        request.getfixturevalue("poisoned")
-    return "cpu" if request.param == "emu" else request.param
+    return compiled_device(request)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ import burstkern
 from burstkern import _extension
 
 from test_sft import ACTS, FORMS, LAYOUTS, Case, _op_args, _plain_errors, call, expected_format, make_inputs, run
-from utils import cuda_kernel_names, DTYPES, TOL, assert_rel_close, rel_err, requires_cuda
+from utils import (COMPILED_DEVICES, DTYPES, assert_rel_close, compiled_device, cuda_kernel_names,
+                   TOL, rel_err, requires_cuda)
 
 if _extension.cuda_extension_error() is not None or not hasattr(torch.ops.burstkern_C, "sft_modulate"):
     pytest.skip(f"burstkern._C without the sft ops ({_extension.cuda_extension_error()})", allow_module_level=True)
@@ -33,8 +34,7 @@ from burstkern.ops.sft import cuda as glue  # noqa: E402
 
 BK = importlib.import_module("burstkern.backend")  # the module (burstkern.backend is the context manager)
 B = torch.ops.burstkern_C
-# cpu: the CPU build's loops; emu: the CUDA kernels on the SIMT emulation (conftest.simt_emulation)
-DEVICES = ["cpu", "emu", pytest.param("cuda", marks=requires_cuda)]
+DEVICES = COMPILED_DEVICES
 SMALL_TILE = 64  # elements per block in the CPU tests: several chunks per row / pixel range on small inputs
 
 
@@ -60,14 +60,7 @@ def compiled_on_cpu(cuda_backend_on_cpu, poisoned):
 
 @pytest.fixture(params=DEVICES)
 def dev(request):
-    if request.param in ("cpu", "emu"):
-        request.getfixturevalue("compiled_on_cpu")
-        if request.param == "emu":
-            request.getfixturevalue("simt_emulation")
-        request.getfixturevalue("small_tiles")
-    else:
-        request.getfixturevalue("poisoned")
-    return "cpu" if request.param == "emu" else request.param
+    return compiled_device(request, "small_tiles")
 
 
 def check(case: Case, dtype: torch.dtype, device: str, seed: int = 11, scale: float = 1.0):

@@ -94,3 +94,22 @@ def parse_res_usage(text: str) -> dict:
             kernels[name] = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", line)}
             name = None
     return kernels
+
+
+# The devices of the cuda-backend tests (tests/test_*_cuda.py): cpu runs the CPU build's loops, emu the CUDA
+# kernels on the SIMT emulation (conftest.simt_emulation), cuda the GPU.
+COMPILED_DEVICES = ["cpu", "emu", pytest.param("cuda", marks=requires_cuda)]
+
+
+def compiled_device(request, *cpu_fixtures: str) -> str:
+    """Body of a `dev` fixture parametrized by COMPILED_DEVICES: sets up the file's `compiled_on_cpu` (plus
+    cpu_fixtures) for cpu/emu, its `poisoned` for cuda, and returns the torch device type to put tensors on."""
+    if request.param in ("cpu", "emu"):
+        request.getfixturevalue("compiled_on_cpu")
+        if request.param == "emu":
+            request.getfixturevalue("simt_emulation")
+        for name in cpu_fixtures:
+            request.getfixturevalue(name)
+    else:
+        request.getfixturevalue("poisoned")
+    return "cpu" if request.param == "emu" else request.param
