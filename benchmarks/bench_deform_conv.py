@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from harness import forward_backward, measure, requires_gpu, with_backend
 
-from burstkern.backend import backend_available
+from burstkern.registry import backend_available
 from burstkern.ops import deform_conv2d
 
 pytestmark = requires_gpu

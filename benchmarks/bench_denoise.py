@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from harness import measure, requires_gpu, with_backend
-from burstkern.backend import backend_available
+from burstkern.registry import backend_available
 
 import burstkern
 from burstkern import ops

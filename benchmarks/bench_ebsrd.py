@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import burstkern
-from burstkern.backend import backend_available
+from burstkern.registry import backend_available
 from burstkern.models import EBSRD
 from harness import measure, requires_gpu
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from harness import forward_backward, measure, requires_gpu, with_backend
 
-from burstkern.backend import backend_available
+from burstkern.registry import backend_available
 from burstkern.ops import sft_group_norm, sft_modulate
 from burstkern.ops.sft import reference as R
 

@@ -1,12 +1,16 @@
-"""burstkern: fused CUDA C++ / Triton kernels for burst super-resolution with one-step diffusion."""
+"""burstkern: fused C++ / CUDA / Triton kernels for burst super-resolution with one-step diffusion."""
 
-from . import _extension, profiling
-from .backend import BackendUnavailableError, backend, get_backend, set_backend
-from . import ops
-from . import nn
-from .patching import patch
+from . import registry
+
+registry.validate_environment()  # an unknown BURSTKERN_BACKEND is one clear error here, not at the first op
+
+from . import _extension, profiling  # noqa: E402
+from .registry import BackendUnavailableError, Reason, backend, get_backend, set_backend  # noqa: E402
+from . import ops  # noqa: E402
+from . import nn  # noqa: E402
+from .patching import patch  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "nn", "patch", "profiling", "backend", "set_backend", "get_backend", "BackendUnavailableError",
-           "__version__"]
+__all__ = ["ops", "nn", "patch", "profiling", "registry", "backend", "set_backend", "get_backend",
+           "BackendUnavailableError", "Reason", "__version__"]

@@ -27,21 +27,13 @@ def poisoned_outputs():
 
 
 @pytest.fixture
-def cuda_backend_on_cpu(monkeypatch, poisoned_outputs):
-    """Let the cuda backend take CPU tensors: its kernels then run the CPU build of the burstkern_C ops, which
-    executes the same element code as the CUDA kernels (csrc/<op>/*_cpu.cpp), so it is tested without a GPU."""
-    import importlib
+def native_on_cpu(poisoned_outputs):
+    """The native backend takes CPU tensors for the test even in a build whose CPU path is not the fast one (the
+    kernels then run the CPU build of the burstkern_C ops), with outputs poisoned."""
+    from burstkern import registry
 
-    bk = importlib.import_module("burstkern.backend")  # the module (burstkern.backend is the context manager)
-    original = bk.backend_available
-
-    def available(name, device_type, op=None):
-        if name == "cuda" and device_type == "cpu" and (op is None or bk.has_kernel(op, "cuda")):
-            return True, "the CPU build of the burstkern_C ops (tests)"
-        return original(name, device_type, op)
-
-    monkeypatch.setattr(bk, "backend_available", available)
-    monkeypatch.setattr(bk, "_resolve_cache", {})
+    with registry.testing.available("native", "cpu", "the CPU build of the burstkern_C ops (tests)"):
+        yield
 
 
 @pytest.fixture

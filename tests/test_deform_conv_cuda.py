@@ -2,7 +2,7 @@
 
 The CUDA kernels and the CPU build of the same ``burstkern_C`` ops run the same element code (element.cuh), so
 most of it is tested here on the CPU: the ``compiled_on_cpu`` fixture lets the ``cuda`` backend take CPU tensors
-(through cuda.py's glue into the CPU build of the ``burstkern_C`` ops, outputs NaN-poisoned before the kernels
+(through native.py's glue into the CPU build of the ``burstkern_C`` ops, outputs NaN-poisoned before the kernels
 write) and pins it to the fp64 reference: forward and every gradient, fp32/fp16/bf16, weight groups, offset groups
 1/2/several/one channel each, stride/padding/dilation, mask None, far offsets, N = 0/1, odd sizes,
 channels_last/strided inputs, deterministic mode, opcheck and torch.compile. The sampling itself is pinned bit for
@@ -13,24 +13,23 @@ GPU-only tests add the issue's full shape and small compute-sanitizer-friendly c
 
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
 
 import burstkern
 from burstkern import _extension
-from burstkern.ops.deform_conv import cuda as glue
+from burstkern.ops.deform_conv import native as glue
 from burstkern.ops.deform_conv import reference
 
-from test_deform_conv import NAMES, Cfg, _opcheck_both, _seed, bk, make_inputs, run
+from test_deform_conv import NAMES, Cfg, _opcheck_both, _seed, bk, make_inputs, ref_bk, run
 from utils import COMPILED_DEVICES, compiled_device, DTYPES, assert_rel_close, requires_cuda
 
 if _extension.cuda_extension_error() is not None or not hasattr(torch.ops.burstkern_C, "deform_conv2d"):
     pytest.skip(f"burstkern._C without the deform_conv2d ops ({_extension.cuda_extension_error()})",
                 allow_module_level=True)
 
-BK = importlib.import_module("burstkern.backend")  # the module (burstkern.backend is the context manager)
+from burstkern import registry as BK
 B = torch.ops.burstkern_C
 DEVICES = COMPILED_DEVICES
 
@@ -63,8 +62,8 @@ def poisoned(monkeypatch, poisoned_outputs):
 
 
 @pytest.fixture
-def compiled_on_cpu(cuda_backend_on_cpu, poisoned):
-    """The cuda backend on CPU tensors (conftest.cuda_backend_on_cpu), outputs poisoned."""
+def compiled_on_cpu(native_on_cpu, poisoned):
+    """The cuda backend on CPU tensors (conftest.native_on_cpu), outputs poisoned."""
 
 
 @pytest.fixture(params=DEVICES)
@@ -76,10 +75,10 @@ def parity(cfg, dtype, device, layout="contiguous", seed=0):
     """cuda backend vs the fp64 reference (on the very inputs the kernel sees): output and every gradient."""
     args = make_inputs(cfg, dtype=dtype, device=device, seed=seed, layout=layout)
     ref_args = [None if t is None else t.detach().to(torch.float64) for t in args]
-    ref, ref_grads, gout = run(bk, cfg, *ref_args)
+    ref, ref_grads, gout = run(ref_bk, cfg, *ref_args)
     calls = glue._B.calls
     del calls[:]
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         out, grads, _ = run(bk, cfg, *args, grad_out=gout)
     assert calls == ["deform_conv2d", "deform_conv2d_backward"], calls
     assert out.dtype == dtype and out.device.type == device
@@ -140,7 +139,7 @@ def test_sampling_bit_exact(compiled_on_cpu):
     off[:, :, 1, :3] = torch.tensor([0.5, -0.5, -50.0])
     m = torch.rand(n, og, h, w, generator=g)
     weight = torch.ones(c, 1, 1, 1)
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         out = burstkern.ops.deform_conv2d(x, off, weight, None, 1, 0, 1, m)
     assert glue._B.calls == ["deform_conv2d"]
     cols = reference.bilinear_columns(x, off, m, 1, 1, (1, 1), (0, 0), (1, 1))
@@ -151,7 +150,7 @@ def test_sampling_bit_exact(compiled_on_cpu):
 def test_empty_batch(dev):
     cfg = Cfg(n=0)
     args = make_inputs(cfg, dtype=torch.float32, device=dev)
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         out, grads, _ = run(bk, cfg, *args)
     assert out.shape == (0, cfg.cout, *cfg.out_hw())
     assert torch.equal(grads[2], torch.zeros_like(grads[2])) and torch.equal(grads[3], torch.zeros_like(grads[3]))
@@ -174,7 +173,7 @@ def test_deterministic_backward(dev):
                                         (Cfg(n=1, h=5, w=6, mask=False, bias=False), "channels_last")],
                          ids=["mask", "nomask"])
 def test_opcheck(cfg, layout, compiled_on_cpu):
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         _opcheck_both(cfg, layout)
 
 
@@ -194,18 +193,12 @@ def test_compile_fullgraph(compiled_on_cpu):
     cfg = Cfg(cin=8, cout=8, og=2)
     args = make_inputs(cfg, dtype=torch.float32, seed=29)
     compiled = torch.compile(lambda *a: bk(*a), fullgraph=True, backend="aot_eager")
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         eager_out, eager_grads, gout = run(bk, cfg, *args)
         comp_out, comp_grads, _ = run(compiled, cfg, *args, grad_out=gout)
     assert torch.equal(comp_out, eager_out)
     for name, g, r in zip(NAMES, comp_grads, eager_grads):
         assert_rel_close(g, r, torch.float64, f"compiled grad {name}")
-
-
-def test_float64_is_the_reference_job(compiled_on_cpu):
-    x, off, w, b, m = make_inputs(Cfg(), dtype=torch.float64)
-    with burstkern.backend("cuda"), pytest.raises(TypeError, match=r"input .*float64.*reference backend"):
-        bk(x, off, w, b, (1, 1), (1, 1), (1, 1), m)
 
 
 @pytest.mark.parametrize("case", ["offset_dtype", "mask_shape", "bias_shape", "grad_shape", "input_int"])
@@ -248,7 +241,7 @@ GPU_CASES = [
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cfg", GPU_CASES, ids=str)
 def test_parity_gpu(cfg, dtype, poisoned):
-    parity(cfg, dtype, "cuda", seed=31)
+    parity(cfg, dtype, "native", seed=31)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -290,8 +283,8 @@ def test_deterministic_gpu_large(poisoned):
     prev = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        _, g1 = parity(cfg, torch.float16, "cuda", seed=43)
-        _, g2 = parity(cfg, torch.float16, "cuda", seed=43)
+        _, g1 = parity(cfg, torch.float16, "native", seed=43)
+        _, g2 = parity(cfg, torch.float16, "native", seed=43)
     finally:
         torch.use_deterministic_algorithms(prev)
     for name, a, b in zip(NAMES, g1, g2):
@@ -302,7 +295,7 @@ def test_deterministic_gpu_large(poisoned):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_small_sanitizer_case(dtype, poisoned):
     """Small enough to run under compute-sanitizer (memcheck / racecheck): every tail at once."""
-    parity(Cfg(n=1, cin=5, cout=3, h=4, w=3, og=5, offset_scale=3.0), dtype, "cuda", seed=47)
+    parity(Cfg(n=1, cin=5, cout=3, h=4, w=3, og=5, offset_scale=3.0), dtype, "native", seed=47)
 
 
 @requires_cuda

@@ -2,7 +2,7 @@
 
 The CUDA kernels and the CPU build of the same ``burstkern_C`` ops run the same element code (element.cuh,
 functors.cuh), so most of it is tested here on the CPU: the ``cpu`` parametrisation lets the ``cuda`` backend run
-CPU tensors (through cuda.py's glue into the CPU build of the ``burstkern_C`` ops, outputs NaN-poisoned before
+CPU tensors (through native.py's glue into the CPU build of the ``burstkern_C`` ops, outputs NaN-poisoned before
 the kernels write) and pins it to the fp64 reference: forward and every gradient, fp32/fp16/bf16, odd sizes,
 batch 1, per-sample and scalar σ, contiguous / channels_last / strided inputs, explicit noise and in-kernel noise
 drawn from the same seed tensor as the reference, the RNG word for word against rng.py. The ``cuda``
@@ -11,7 +11,6 @@ parametrisation and the GPU-only tests (one launch per op, CUDA-graph replay) ru
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
@@ -27,9 +26,9 @@ from utils import COMPILED_DEVICES, compiled_device, cuda_kernel_names, DTYPES, 
 if _extension.cuda_extension_error() is not None or not hasattr(torch.ops.burstkern_C, "denoise_combine"):
     pytest.skip(f"burstkern._C without the denoise ops ({_extension.cuda_extension_error()})", allow_module_level=True)
 
-from burstkern.ops.denoise import cuda as glue  # noqa: E402
+from burstkern.ops.denoise import native as glue  # noqa: E402
 
-BK = importlib.import_module("burstkern.backend")  # the module (burstkern.backend is the context manager)
+from burstkern import registry as BK
 B = torch.ops.burstkern_C
 SD = 0.5
 SMIN = 0.002
@@ -48,8 +47,8 @@ def poisoned(poisoned_outputs):
 
 
 @pytest.fixture
-def compiled_on_cpu(cuda_backend_on_cpu, poisoned):
-    """The cuda backend on CPU tensors (conftest.cuda_backend_on_cpu), outputs poisoned."""
+def compiled_on_cpu(native_on_cpu, poisoned):
+    """The cuda backend on CPU tensors (conftest.native_on_cpu), outputs poisoned."""
 
 
 @pytest.fixture(params=DEVICES)
@@ -153,7 +152,7 @@ def test_rng_known_answer():
 @pytest.mark.parametrize("sdtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_scalings(dev, mode, sdtype):
     s = make_sigma(9, "per_sample", dtype=sdtype, device=dev)
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         got = ops.edm_scalings(s) if mode == "edm" else ops.cm_scalings(s, sigma_min=0.01, sigma_data=0.7)
     want = _ref(ops.edm_scalings, s) if mode == "edm" else _ref(ops.cm_scalings, s, sigma_min=0.01, sigma_data=0.7)
     for name, g, w in zip(("c_skip", "c_out", "c_in", "c_noise"), got, want):
@@ -171,7 +170,7 @@ def test_forward(dev, dtype, layout, shape):
     kind = "scalar" if shape == SHAPES[2] else "per_sample"
     s = make_sigma(n, kind, 1, device=dev)
     sn = make_sigma(n, kind, 2, dtype=torch.float64, device=dev)  # any float dtype of σ is read as it is
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         for mode in ("edm", "cm"):
             D, d = ops.denoise_combine(x, F, s, mode=mode, return_d=True)
             rD, rd = _ref(ops.denoise_combine, x, F, s, mode=mode, return_d=True)
@@ -226,16 +225,16 @@ def test_in_kernel_noise_same_seed_as_reference(dev, dtype, layout):
     assert_rel_close(out, want, dtype, "cm_update seed")
     # the public ops: the same generator state draws the same seed on both backends
     outs = {}
-    for be in ("cuda", "reference"):
+    for be in ("native", "reference"):
         with burstkern.backend(be):
             g = torch.Generator(device=dev).manual_seed(11)
-            xs = x if be == "cuda" else x.double()
-            outs[be] = (ops.add_noise(xs, s, generator=g), ops.cm_update(xs, F if be == "cuda" else F.double(), s,
+            xs = x if be == "native" else x.double()
+            outs[be] = (ops.add_noise(xs, s, generator=g), ops.cm_update(xs, F if be == "native" else F.double(), s,
                                                                          sigma_next=sn, generator=g))
-    for a, b in zip(outs["cuda"], outs["reference"]):
+    for a, b in zip(outs["native"], outs["reference"]):
         assert_rel_close(a, b, dtype, "public op in-kernel noise")
     # reproducible, and a new seed is new noise
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         a = ops.add_noise(x, s, generator=torch.Generator(device=dev).manual_seed(5))
         b = ops.add_noise(x, s, generator=torch.Generator(device=dev).manual_seed(5))
         c = ops.add_noise(x, s, generator=torch.Generator(device=dev).manual_seed(6))
@@ -247,7 +246,7 @@ def test_other_ranks_and_sample_walk(dev, shape):
     """Grid strides both shorter and longer than a sample (the CPU build walks like a 61-thread grid)."""
     x, F, y = (make(shape, torch.float32, seed=i, device=dev) for i in range(3))
     s = make_sigma(shape[0], "per_sample", 1, device=dev)
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         assert_rel_close(ops.denoise_combine(x, F, s), _ref(ops.denoise_combine, x, F, s), torch.float32, "D")
         assert_rel_close(ops.edm_loss(x, F, y, s), _ref(ops.edm_loss, x, F, y, s), torch.float32, "loss")
         a = ops.add_noise(x, s, generator=torch.Generator(device=dev).manual_seed(0))
@@ -260,7 +259,7 @@ def test_other_ranks_and_sample_walk(dev, shape):
 def test_empty(dev):
     x = torch.empty(0, 3, 4, 4, device=dev)
     s = torch.empty(0, device=dev)
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         assert ops.denoise_combine(x, x, s).shape == x.shape
         assert ops.edm_loss(x, x, x, s).shape == (0,)
         assert ops.add_noise(x, s, generator=torch.Generator(device=dev)).shape == x.shape
@@ -308,7 +307,7 @@ def test_gradients(dev, dtype, layout, shape):
             ("add_noise", lambda a, e, sigma: ops.add_noise(a, sigma, noise=e), (x, y), (gD,), s),
         ]
     for name, fn, inputs, cot, sigma in cases:
-        got = grads(fn, inputs, cot, sigma, "cuda")
+        got = grads(fn, inputs, cot, sigma, "native")
         want = grads(fn, inputs, cot, sigma, "reference")
         for i, (a, b) in enumerate(zip(got, want)):
             if a.shape == x.shape:
@@ -344,7 +343,7 @@ def test_opcheck(dev):
         (P.edm_loss.default, (_req(x), _req(F), _req(y), s, SD)),
         (P.edm_loss_backward.default, (g1, x, F, y, s, SD)),
     ]
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         for op, args in cases:
             torch.library.opcheck(op, args)
 
@@ -362,7 +361,7 @@ def test_compile_fullgraph_matches_eager(dev):
         return x3 + d, ops.edm_loss(x, F, y, s)
 
     comp = torch.compile(pipeline, backend="aot_eager", fullgraph=True)
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         for i in range(2):
             s, sn = make_sigma(2, "per_sample", 10 + i, device=dev), make_sigma(2, "per_sample", 20 + i, device=dev)
             for a, b in zip(comp(x, F, y, s, sn), pipeline(x, F, y, s, sn)):
@@ -400,14 +399,9 @@ def test_errors():
         B.edm_loss(torch.tensor(1.0), torch.tensor(1.0), torch.tensor(1.0), s, SD)
     with pytest.raises(RuntimeError, match=r"offsets must be int64, got Float"):
         B.denoise_randn(seed, torch.zeros(3))
-    # the glue: float64 belongs to the reference backend
-    with pytest.raises(TypeError, match=r"cuda backend of denoise_combine .*float64.*use the reference backend"):
-        glue.denoise_combine_forward(x.double(), x.double(), s, SD, SMIN, "edm", False)
-    with pytest.raises(TypeError, match=r"cuda backend of denoise_scalings computes in fp32"):
-        glue.denoise_scalings(s.double(), SD, SMIN, "edm")
     # the cuda backend itself stays GPU-only
     if not torch.cuda.is_available():
-        with burstkern.backend("cuda"), pytest.raises(BK.BackendUnavailableError, match="runs CUDA tensors"):
+        with burstkern.backend("cuda"), pytest.raises(BK.BackendUnavailableError, match="runs CUDA tensors.*use backend 'native'"):
             ops.denoise_combine(x, x, s)
 
 
@@ -455,7 +449,7 @@ def test_one_launch_per_op(dtype):
         "edm_loss": lambda: P.edm_loss(x, F, y, s, SD),
         "edm_loss_backward": lambda: P.edm_loss_backward(g1, x, F, y, s, SD),
     }
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         for name, fn in calls.items():
             names = _kernels(fn)
             assert len(names) == 1, f"{name}: {len(names)} kernels {names}"
@@ -466,7 +460,7 @@ def test_cuda_graph_replay_fresh_noise_and_matches_eager():
     x = torch.zeros(2, 3, 64, 64, device="cuda")
     s = torch.tensor([1.0, 2.0], device="cuda")
     seed = _seed(0, "cuda")
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         ops.add_noise(x, s)
         torch.ops.burstkern.add_noise(x, s, None, 1.0, None, seed)
         torch.cuda.synchronize()
@@ -496,7 +490,7 @@ def test_large_gpu(dtype):
     shape = (4, 3, 384, 384)
     x, F, y = (make(shape, dtype, seed=i, device="cuda") for i in range(3))
     s = make_sigma(4, "per_sample", 1, device="cuda")
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         D, d = ops.denoise_combine(x, F, s, return_d=True)
         loss = ops.edm_loss(x, F, y, s)
         noisy = ops.add_noise(x, s, generator=torch.Generator(device="cuda").manual_seed(1))

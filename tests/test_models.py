@@ -9,7 +9,7 @@ import torch
 import burstkern
 from burstkern import _extension
 from burstkern import profiling
-from burstkern.backend import backend_available
+from burstkern.registry import backend_available
 from burstkern.models import EBSRD, PRESETS
 from utils import assert_rel_close, rel_err, requires_cuda
 

@@ -10,7 +10,7 @@ import torch
 
 import burstkern
 from burstkern import ops
-from burstkern.backend import backend_available
+from burstkern.registry import backend_available
 from burstkern.ops.denoise import rng
 
 from utils import assert_rel_close, requires_cuda

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import burstkern
-from burstkern.backend import backend_available
+from burstkern.registry import backend_available
 from burstkern.models.samplers import consistency_sample, edm_heun_sampler
 from burstkern.ops.denoise import rng
 

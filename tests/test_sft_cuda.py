@@ -3,7 +3,7 @@
 The CUDA kernels and the CPU build of the same ``burstkern_C`` ops run the same element code and the same tile walk
 (element.cuh, functors.cuh: which elements each thread of each block visits, the vector lanes, the block's
 reduction tree and the fixed-order partials), so most of it is tested here on the CPU: the ``cpu``
-parametrisation lets the ``cuda`` backend take CPU tensors (through cuda.py's glue into the CPU build, outputs
+parametrisation lets the ``cuda`` backend take CPU tensors (through native.py's glue into the CPU build, outputs
 NaN-poisoned before the kernels write, blocks shrunk to 64 elements so small inputs cross chunk boundaries) and
 pins it to the fp64 reference through the public ops: forward and every gradient, fp32/fp16/bf16, odd sizes, N=1,
 H or W = 1, groups 1 / C / in between, spatial / per-channel / merged / mixed gamma and beta, every activation,
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import importlib
 
 import pytest
 import torch
@@ -30,9 +29,9 @@ from utils import (COMPILED_DEVICES, DTYPES, assert_rel_close, compiled_device, 
 if _extension.cuda_extension_error() is not None or not hasattr(torch.ops.burstkern_C, "sft_modulate"):
     pytest.skip(f"burstkern._C without the sft ops ({_extension.cuda_extension_error()})", allow_module_level=True)
 
-from burstkern.ops.sft import cuda as glue  # noqa: E402
+from burstkern.ops.sft import native as glue  # noqa: E402
 
-BK = importlib.import_module("burstkern.backend")  # the module (burstkern.backend is the context manager)
+from burstkern import registry as BK
 B = torch.ops.burstkern_C
 DEVICES = COMPILED_DEVICES
 SMALL_TILE = 64  # elements per block in the CPU tests: several chunks per row / pixel range on small inputs
@@ -54,8 +53,8 @@ def small_tiles():
 
 
 @pytest.fixture
-def compiled_on_cpu(cuda_backend_on_cpu, poisoned):
-    """The cuda backend on CPU tensors (conftest.cuda_backend_on_cpu), outputs poisoned."""
+def compiled_on_cpu(native_on_cpu, poisoned):
+    """The cuda backend on CPU tensors (conftest.native_on_cpu), outputs poisoned."""
 
 
 @pytest.fixture(params=DEVICES)
@@ -66,7 +65,7 @@ def dev(request):
 def check(case: Case, dtype: torch.dtype, device: str, seed: int = 11, scale: float = 1.0):
     """Forward and every gradient of the cuda backend vs the fp64 reference on the same inputs; layouts."""
     ins = {k: None if v is None else v.to(device) for k, v in make_inputs(case, dtype, seed=seed).items()}
-    out, grads, dy = run(case, ins, "cuda")
+    out, grads, dy = run(case, ins, "native")
     ref_ins = {k: None if v is None else v.detach().cpu().double() for k, v in ins.items()}
     ref_out, ref_grads, _ = run(case, ref_ins, "reference", dy.cpu().double())
     assert out.dtype == dtype and out.device.type == device
@@ -154,7 +153,7 @@ def test_large_mean(dev, layout):
     one-pass E[x²] − E[x]² variance would be ~1e-1 off."""
     case = Case(op="gn", n=2, c=16, h=9, w=8, groups=2, form="spatial", act="silu", mean=1000.0, layout=layout)
     ins = {k: None if v is None else v.to(dev) for k, v in make_inputs(case, torch.float32, seed=14).items()}
-    out, grads, dy = run(case, ins, "cuda")
+    out, grads, dy = run(case, ins, "native")
     ref_ins = {k: None if v is None else v.cpu().double() for k, v in ins.items()}
     ref_out, ref_grads, _ = run(case, ref_ins, "reference", dy.cpu().double())
     cpu_ins = {k: None if v is None else v.cpu() for k, v in ins.items()}
@@ -178,7 +177,7 @@ def test_partials_with_different_means(dev, layout):
     gb = torch.randn(2, 16, 1, 1, generator=g, dtype=torch.float64)
     x32, gb32 = (t.float().contiguous(memory_format=fmt).to(dev).requires_grad_() for t in (x, gb))
     dy = torch.randn(2, 8, 9, 8, generator=g).to(dev)
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         out = burstkern.ops.sft_group_norm(x32, gb32, num_groups=2, act="silu")
         gx, ggb = torch.autograd.grad(out, (x32, gb32), dy)
     x64, gb64 = (t.detach().cpu().double().requires_grad_() for t in (x32, gb32))
@@ -195,7 +194,7 @@ def test_statistics_outputs(dev, dtype):
     case = Case(n=2, c=24, h=5, w=8, groups=3, layout="channels_last", mean=10.0)
     ins = {k: None if v is None else v.to(dev) for k, v in make_inputs(case, dtype, seed=13).items()}
     args = (ins["x"], ins["gamma"], ins["beta"], 3, ins["weight"], ins["bias"], 1e-5, 1, 0.0)
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         out, mean, rstd = torch.ops.burstkern.sft_group_norm(*args)
     assert mean.dtype == torch.float32 and rstd.dtype == torch.float32 and mean.shape == (2, 3)
     var, mu = torch.var_mean(ins["x"].cpu().double().reshape(2, 3, -1), dim=-1, unbiased=False)
@@ -212,7 +211,7 @@ def test_spatial_one_by_one_and_eps_zero(dev):
 def test_three_d_input(dev):
     x = torch.randn(2, 8, 13, device=dev)
     g = torch.randn(2, 16, 1, device=dev)
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         out = burstkern.ops.sft_group_norm(x, g, num_groups=4, act="silu")
     with burstkern.backend("reference"):
         want = burstkern.ops.sft_group_norm(x.cpu().double(), g.cpu().double(), num_groups=4, act="silu")
@@ -226,7 +225,7 @@ def test_empty_batch(dev):
     g = torch.randn(0, 8, 5, 7, device=dev)
     w = torch.randn(8, device=dev, requires_grad=True)
     xr, gr = x.clone().requires_grad_(), g.clone().requires_grad_()
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         out = burstkern.ops.sft_group_norm(xr, gr, num_groups=4, weight=w)
         assert out.shape == x.shape
         gx, gw = torch.autograd.grad(out, (xr, w), torch.ones_like(out))
@@ -243,8 +242,8 @@ def test_bit_identical_repeat(dev, op, layout):
     shape = dict(n=2, c=16, h=12, w=9) if dev == "cpu" else dict(n=4, c=128, h=96, w=96)
     case = Case(op=op, groups=4, form="merged_channel", act="silu", layout=layout, **shape)
     ins = {k: None if v is None else v.to(dev) for k, v in make_inputs(case, torch.float32, seed=12).items()}
-    out1, g1, dy = run(case, ins, "cuda")
-    out2, g2, _ = run(case, ins, "cuda", dy)
+    out1, g1, dy = run(case, ins, "native")
+    out2, g2, _ = run(case, ins, "native", dy)
     assert torch.equal(out1, out2)
     for name in g1:
         assert torch.equal(g1[name], g2[name]), name
@@ -266,7 +265,7 @@ def test_opcheck(dev, case):
     ins = {k: None if v is None else v.to(dev) for k, v in make_inputs(case, torch.float32, seed=6).items()}
     req = lambda t: None if t is None else t.detach().requires_grad_()  # noqa: E731
     args = _op_args(case, ins)
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         if case.op == "mod":
             torch.library.opcheck(torch.ops.burstkern.sft_modulate.default, _op_args(case, {k: req(v) for k, v in
                                                                                              ins.items()}))
@@ -285,11 +284,11 @@ def test_opcheck(dev, case):
 def test_compile_fullgraph_matches_eager(dev, op):
     case = Case(op=op, form="merged", act="leaky_relu(0.2)", layout="channels_last", groups=2)
     ins = {k: None if v is None else v.to(dev) for k, v in make_inputs(case, torch.float32, seed=8).items()}
-    eager_out, eager_grads, dy = run(case, ins, "cuda")
+    eager_out, eager_grads, dy = run(case, ins, "native")
     torch._dynamo.reset()
     compiled = torch.compile(lambda **kw: call(case, **kw), backend="aot_eager", fullgraph=True)
     leaves = {k: v.detach().requires_grad_() for k, v in ins.items() if v is not None}
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         out = compiled(**{k: leaves.get(k) for k in ins})
         grads = torch.autograd.grad(out, list(leaves.values()), dy)
     assert torch.equal(out, eager_out), "compiled != eager with the same kernels"
@@ -332,12 +331,9 @@ def test_errors():
         B.sft_group_norm_backward(x, x, g, None, 4, None, None, torch.zeros(2, 2), rstd, 0, 0.0)
     with pytest.raises(RuntimeError, match=r"rstd must be a contiguous float32.*dtype Double"):
         B.sft_group_norm_backward(x, x, g, None, 4, None, None, mean, rstd.double(), 0, 0.0)
-    # the glue: float64 belongs to the reference backend
-    with pytest.raises(TypeError, match=r"cuda backend of sft_group_norm .*float64.*use the reference backend"):
-        glue.sft_group_norm_forward(x.double(), g.double(), None, 4, None, None, 1e-5, 0, 0.0)
     # the cuda backend itself stays GPU-only
     if not torch.cuda.is_available():
-        with burstkern.backend("cuda"), pytest.raises(BK.BackendUnavailableError, match="runs CUDA tensors"):
+        with burstkern.backend("cuda"), pytest.raises(BK.BackendUnavailableError, match="runs CUDA tensors.*use backend 'native'"):
             burstkern.ops.sft_modulate(x, g)
 
 
@@ -380,7 +376,7 @@ GPU_CASES = [
 @requires_cuda
 @pytest.mark.parametrize("case,dtype", GPU_CASES, ids=lambda v: str(v))
 def test_gpu_unet_shapes(case, dtype, poisoned):
-    check(case, dtype, "cuda")
+    check(case, dtype, "native")
 
 
 def _scaled(case: Case) -> Case:
@@ -424,7 +420,7 @@ def test_gpu_launch_counts(layout):
     x, dy, sp, gb_sp, gb_ch = t(n, c, hw, hw), t(n, c, hw, hw), t(n, c, hw, hw), t(n, 2 * c, hw, hw), t(n, 2 * c, 1, 1)
     w = torch.rand(c, device="cuda", dtype=torch.bfloat16)
     P = torch.ops.burstkern
-    with burstkern.backend("cuda"):
+    with burstkern.backend("native"):
         out, mean, rstd = P.sft_group_norm(x, gb_sp, None, 32, w, w, 1e-5, 1, 0.0)
         calls = {
             "modulate": (lambda: P.sft_modulate(x, gb_sp, None, 1, 0.0), 1),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 
-from burstkern.backend import backend_available
+from burstkern.registry import backend_available
 
 # Relative-norm tolerances against an fp64 reference, by the dtype the kernel ran in.
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}

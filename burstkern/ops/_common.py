@@ -1,8 +1,8 @@
-"""Shared plumbing of every op: backend dispatch with NVTX ranges, output layouts, argument checks.
+"""Shared plumbing of every op: what each backend takes, output layouts, argument checks, output poisoning.
 
 Each op folder (``burstkern/ops/<op>/``) holds ``reference.py`` (the spec, plain PyTorch), ``triton.py``
-(kernels + launchers) and ``op.py`` (the public function, its ``torch.library`` registration, fake impl
-and autograd). Everything they share lives here once.
+(kernels + launchers), ``native.py`` (the compiled kernels) and ``op.py`` (the public function and the op's one
+declaration, ``_define.define_op``). Everything they share lives here once.
 """
 
 from __future__ import annotations
@@ -11,31 +11,14 @@ from typing import Optional
 
 import torch
 
-from ..backend import resolve as _resolve
-from .. import profiling as _profiling
+from ..registry import ALL_FLOATS, GPU_FLOATS, Supports
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
-
-def call(op: str, device: torch.device, *args):
-    """Run the kernel the active backend picks for ``op`` on ``device``, inside an NVTX range."""
-    name, fn = _resolve(op, device)
-    if _profiling._enabled:
-        with _profiling.nvtx_range(f"{op}[{name}]"):
-            return fn(*args)
-    return fn(*args)
-
-
-def autocast_inputs(*tensors, dtype: Optional[torch.dtype] = None):
-    """Under ``torch.autocast`` for the tensors' device, the floating tensors cast to ``dtype`` (default: the
-    autocast dtype); otherwise the tensors unchanged. Public functions call it before their op, so mixed-dtype
-    calls from autocast regions (bf16 activations, fp32 parameters) work, with one dtype inside the kernels.
-    """
-    ref = next((t for t in tensors if isinstance(t, torch.Tensor)), None)
-    if ref is None or not torch.is_autocast_enabled(ref.device.type):
-        return tensors
-    dt = dtype or torch.get_autocast_dtype(ref.device.type)
-    return tuple(t.to(dt) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
+# What each backend's kernels take (one float64 policy, burstkern.registry): the native CPU kernels every float
+# dtype, fp64 in fp64; the CUDA and Triton kernels fp32/fp16/bf16 (Triton on CPU tensors only under its interpreter).
+NATIVE = Supports.of(cpu=ALL_FLOATS, cuda=GPU_FLOATS)
+TRITON = Supports.of(cpu=GPU_FLOATS, cuda=GPU_FLOATS)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

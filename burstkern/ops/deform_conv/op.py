@@ -1,8 +1,8 @@
 """``burstkern.ops.deform_conv2d``: public function, ``torch.library`` registration, fake impl, autograd.
 
-Two ops: ``burstkern::deform_conv2d`` and its backward ``burstkern::deform_conv2d_backward`` (an op of its
-own so the backward stays traceable by torch.compile). Each resolves its kernel from the backend registry
-at run time; the reference kernels are registered here, the Triton and CUDA ones by their own modules.
+Two ops, each declared once with ``define_op``: ``burstkern::deform_conv2d`` and its backward
+``burstkern::deform_conv2d_backward`` (an op of its own so the backward stays traceable by torch.compile). The
+native kernels are the ``burstkern_C`` ops of the same names (``native.py``), the Triton ones in ``triton.py``.
 """
 
 from __future__ import annotations
@@ -13,40 +13,15 @@ import torch
 from torch import Tensor
 
 from .. import _common as C
-from ...backend import register_kernel
+from .._define import define_op
 from . import reference
 
 OP = "deform_conv2d"
 OP_BWD = "deform_conv2d_backward"
 
 
-# ----------------------------------------------------------------------------------------------
-# the ops
-# ----------------------------------------------------------------------------------------------
-@torch.library.custom_op("burstkern::deform_conv2d", mutates_args=())
-def _deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor], stride_h: int,
-                   stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
-                   mask: Optional[Tensor]) -> Tensor:
-    return C.call(OP, input.device, input, offset, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                  mask)
-
-
-@_deform_conv2d.register_fake
-def _(input, offset, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, mask):
-    shape = (input.shape[0], weight.shape[0], offset.shape[2], offset.shape[3])
-    return C.empty_like_format(input, shape)
-
-
-@torch.library.custom_op("burstkern::deform_conv2d_backward", mutates_args=())
-def _deform_conv2d_backward(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor],
-                            stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
-                            mask: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns (grad_input, grad_offset, grad_weight, grad_bias, grad_mask); empty where the input is None."""
-    return C.call(OP_BWD, input.device, grad, input, offset, weight, bias, stride_h, stride_w, pad_h, pad_w,
-                  dil_h, dil_w, mask)
-
-
 def _backward_layouts(input, offset, weight, bias, mask):
+    """(grad_input, grad_offset, grad_weight, grad_bias, grad_mask) buffers laid out as every kernel returns them."""
     return (
         C.empty_like_format(input),
         C.empty_like_format(offset, fmt=C.memory_format_of(input)),
@@ -56,9 +31,36 @@ def _backward_layouts(input, offset, weight, bias, mask):
     )
 
 
-@_deform_conv2d_backward.register_fake
-def _(grad, input, offset, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, mask):
-    return _backward_layouts(input, offset, weight, bias, mask)
+def _backward_signature(grad: Tensor, input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor],
+                        stride_h: int, stride_w: int, pad_h: int, pad_w: int, dil_h: int, dil_w: int,
+                        mask: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(grad_input, grad_offset, grad_weight, grad_bias, grad_mask); empty [0] where bias / mask is None."""
+
+
+def _reference_backward(grad, input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask):
+    grads = reference.deform_conv2d_backward(grad, input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask)
+    grads = tuple(C.empty_grad(input) if g is None else g for g in grads)
+    layouts = _backward_layouts(input, offset, weight, bias, mask)
+    return tuple(C.match_layout(g, lay) for g, lay in zip(grads, layouts))
+
+
+BACKWARD = define_op(OP_BWD, _backward_signature, reference=_reference_backward,
+                     fake=lambda grad, input, offset, weight, bias, *ints_mask: _backward_layouts(
+                         input, offset, weight, bias, ints_mask[-1]))
+
+
+def _signature(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor], stride_h: int, stride_w: int,
+               pad_h: int, pad_w: int, dil_h: int, dil_w: int, mask: Optional[Tensor]) -> Tensor:
+    """[N, Cout, Ho, Wo], channels_last when input is (and is not also contiguous)."""
+
+
+def _fake(input, offset, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, mask):
+    return C.empty_like_format(input, (input.shape[0], weight.shape[0], offset.shape[2], offset.shape[3]))
+
+
+def _reference_forward(input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask):
+    out = reference.deform_conv2d(input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask)
+    return C.to_format(out, C.memory_format_of(input))
 
 
 def _setup_context(ctx, inputs, output):
@@ -67,31 +69,16 @@ def _setup_context(ctx, inputs, output):
     ctx.ints = ints
 
 
-def _autograd_backward(ctx, grad):
+def _backward(ctx, grad):
     input, offset, weight, bias, mask = ctx.saved_tensors
-    gi, go, gw, gb, gm = _deform_conv2d_backward(grad, input, offset, weight, bias, *ctx.ints, mask)
+    gi, go, gw, gb, gm = BACKWARD(grad, input, offset, weight, bias, *ctx.ints, mask)
     return gi, go, gw, (None if bias is None else gb), None, None, None, None, None, None, (
         None if mask is None else gm)
 
 
-_deform_conv2d.register_autograd(_autograd_backward, setup_context=_setup_context)
-
-
-# ----------------------------------------------------------------------------------------------
-# reference kernels
-# ----------------------------------------------------------------------------------------------
-@register_kernel(OP, "reference")
-def _reference_forward(input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask):
-    out = reference.deform_conv2d(input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask)
-    return C.to_format(out, C.memory_format_of(input))
-
-
-@register_kernel(OP_BWD, "reference")
-def _reference_backward(grad, input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask):
-    grads = reference.deform_conv2d_backward(grad, input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask)
-    grads = tuple(C.empty_grad(input) if g is None else g for g in grads)
-    layouts = _backward_layouts(input, offset, weight, bias, mask)
-    return tuple(C.match_layout(g, lay) for g, lay in zip(grads, layouts))
+# autocast "lower": like a convolution, compute in the autocast dtype
+FORWARD = define_op(OP, _signature, fake=_fake, reference=_reference_forward, setup_context=_setup_context,
+                    backward=_backward, autocast="lower")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,8 +160,7 @@ def deform_conv2d(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[
         >>> deform_conv2d(x, off, w, padding=1, mask=m).shape
         torch.Size([8, 64, 96, 96])
     """
-    # autocast: like a convolution, compute in the autocast dtype
-    input, offset, weight, bias, mask = C.autocast_inputs(input, offset, weight, bias, mask)
+    input, offset, weight, bias, mask = FORWARD.cast(input, offset, weight, bias, mask)
     stride, padding, dilation = check_args(input, offset, weight, bias, stride, padding, dilation, mask)
-    return _deform_conv2d(input, offset, weight, bias, stride[0], stride[1], padding[0], padding[1], dilation[0],
+    return FORWARD(input, offset, weight, bias, stride[0], stride[1], padding[0], padding[1], dilation[0],
                           dilation[1], mask)

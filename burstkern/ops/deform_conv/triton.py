@@ -23,8 +23,7 @@ grad bias is ``grad_out.sum((0, 2, 3))`` in fp32.
 
 Numerics: fp32 inputs use ``input_precision="ieee"`` (fp32-accurate; no TF32). fp16/bf16 round the sampled tile to
 the input dtype for the tensor-core dot (bf16 as hi + lo parts in the forward) and accumulate in fp32; see
-``_dot_fp32`` for bf16 under the interpreter. float64 calls run the reference kernels (the spec dtype; these
-kernels target fp32/fp16/bf16).
+``_dot_fp32`` for bf16 under the interpreter. These kernels take fp32/fp16/bf16 (the registry's float64 policy).
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ import triton
 import triton.language as tl
 
 from .. import _common as C
-from ...backend import register_kernel, triton_interpreting
+from ...registry import register_kernel, triton_interpreting
 from . import op as _op
 
 # Test hook: when True, every output the launchers allocate with torch.empty is NaN-filled first, so an
@@ -510,18 +509,8 @@ def deform_conv2d_backward(grad, input, offset, weight, bias, sh, sw, ph, pw, dh
 # ----------------------------------------------------------------------------------------------
 # registration
 # ----------------------------------------------------------------------------------------------
-@register_kernel(_op.OP, "triton")
-def _triton_forward(input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask):
-    if input.dtype == torch.float64:  # the spec dtype: these kernels target fp32/fp16/bf16
-        return _op._reference_forward(input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask)
-    return deform_conv2d_forward(input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask)
-
-
-@register_kernel(_op.OP_BWD, "triton")
-def _triton_backward(grad, input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask):
-    if input.dtype == torch.float64:
-        return _op._reference_backward(grad, input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask)
-    return deform_conv2d_backward(grad, input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask)
+register_kernel(_op.OP, "triton", deform_conv2d_forward, supports=C.TRITON)
+register_kernel(_op.OP_BWD, "triton", deform_conv2d_backward, supports=C.TRITON)
 
 
 __all__ = ["deform_conv2d_forward", "deform_conv2d_backward"]

@@ -1,6 +1,7 @@
 """EDM / consistency denoise ops: public functions, ``torch.library`` registration, fake impls, autograd.
 
-Ops (namespace ``burstkern``), each resolving its kernel from the backend registry at run time:
+Ops (namespace ``burstkern``), each declared once with ``define_op``; the updates compute in fp32 under autocast
+(precision-critical and memory-bound, like torch's fp32 autocast list):
 
 ==================  ==========================================================  ===================================
 op                  result                                                      autograd
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .. import _common as C
-from ...backend import register_kernel
+from .._define import define_op
 from . import reference, rng
 
 OP_SCALINGS = "denoise_scalings"
@@ -53,14 +54,12 @@ def _sigma_grad_layout(sigma: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 # scalings
 # ----------------------------------------------------------------------------------------------
-@torch.library.custom_op("burstkern::denoise_scalings", mutates_args=())
-def _denoise_scalings(sigma: Tensor, sigma_data: float, sigma_min: float, mode: str
-                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    return C.call(OP_SCALINGS, sigma.device, sigma, sigma_data, sigma_min, mode)
+def _scalings_signature(sigma: Tensor, sigma_data: float, sigma_min: float, mode: str
+                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(c_skip, c_out, c_in, c_noise), shaped like sigma, fp32 (fp64 for fp64 sigma)."""
 
 
-@_denoise_scalings.register_fake
-def _(sigma, sigma_data, sigma_min, mode):
+def _scalings_fake(sigma, sigma_data, sigma_min, mode):
     cd = C.compute_dtype(sigma.dtype)
     return tuple(torch.empty(sigma.shape, dtype=cd, device=sigma.device) for _ in range(4))
 
@@ -78,60 +77,63 @@ def _scalings_backward(ctx, g_skip, g_out, g_in, g_noise):
     return grad.to(sigma.dtype), None, None, None
 
 
-_denoise_scalings.register_autograd(_scalings_backward, setup_context=_scalings_setup)
-
-
-@register_kernel(OP_SCALINGS, "reference")
-def _reference_scalings(sigma, sd, smin, mode):
-    return tuple(t.contiguous() for t in reference.scalings(sigma, sd, smin, mode))
+SCALINGS = define_op(OP_SCALINGS, _scalings_signature, fake=_scalings_fake,
+                     reference=lambda sigma, sd, smin, mode: tuple(
+                         t.contiguous() for t in reference.scalings(sigma, sd, smin, mode)),
+                     setup_context=_scalings_setup, backward=_scalings_backward)
 
 
 # ----------------------------------------------------------------------------------------------
 # Karras schedule (no tensor inputs, so no backend choice: every backend gets the same values)
 # ----------------------------------------------------------------------------------------------
-@torch.library.custom_op("burstkern::karras_schedule", mutates_args=())
-def _karras_schedule(num_steps: int, sigma_min: float, sigma_max: float, rho: float, device: torch.device
-                     ) -> Tensor:
-    return reference.karras_schedule(num_steps, sigma_min, sigma_max, rho, device)
+def _karras_signature(num_steps: int, sigma_min: float, sigma_max: float, rho: float, device: torch.device
+                      ) -> Tensor:
+    """[num_steps + 1] float32."""
 
 
-@_karras_schedule.register_fake
-def _(num_steps, sigma_min, sigma_max, rho, device):
-    return torch.empty(num_steps + 1, dtype=torch.float32, device=device)
+KARRAS = define_op("karras_schedule", _karras_signature, reference=reference.karras_schedule, dispatch=False,
+                   fake=lambda num_steps, smin, smax, rho, device: torch.empty(num_steps + 1, dtype=torch.float32,
+                                                                              device=device))
 
 
 # ----------------------------------------------------------------------------------------------
 # denoise_combine
 # ----------------------------------------------------------------------------------------------
-@torch.library.custom_op("burstkern::denoise_combine", mutates_args=())
-def _denoise_combine(x: Tensor, F: Tensor, sigma: Tensor, sigma_data: float, sigma_min: float, mode: str,
-                     return_d: bool) -> Tuple[Tensor, Tensor]:
-    """Returns (D, d); d is an empty placeholder unless ``return_d``."""
-    return C.call(OP_COMBINE, x.device, x, F, sigma, sigma_data, sigma_min, mode, return_d)
-
-
-@_denoise_combine.register_fake
-def _(x, F, sigma, sigma_data, sigma_min, mode, return_d):
-    return C.empty_like_format(x), (C.empty_like_format(x) if return_d else C.empty_grad(x))
-
-
-@torch.library.custom_op("burstkern::denoise_combine_backward", mutates_args=())
-def _denoise_combine_backward(grad_D: Tensor, grad_d: Tensor, x: Tensor, F: Tensor, sigma: Tensor,
-                              sigma_data: float, sigma_min: float, mode: str, return_d: bool, need_sigma: bool
-                              ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Returns (grad_x, grad_F, grad_sigma); grad_sigma is empty unless ``need_sigma``."""
-    return C.call(OP_COMBINE_BWD, x.device, grad_D, grad_d, x, F, sigma, sigma_data, sigma_min, mode, return_d,
-                  need_sigma)
-
-
 def _combine_bwd_layouts(x, sigma, need_sigma):
     return (C.empty_like_format(x), C.empty_like_format(x),
             _sigma_grad_layout(sigma) if need_sigma else C.empty_grad(x))
 
 
-@_denoise_combine_backward.register_fake
-def _(grad_D, grad_d, x, F, sigma, sigma_data, sigma_min, mode, return_d, need_sigma):
-    return _combine_bwd_layouts(x, sigma, need_sigma)
+def _combine_backward_signature(grad_D: Tensor, grad_d: Tensor, x: Tensor, F: Tensor, sigma: Tensor,
+                                sigma_data: float, sigma_min: float, mode: str, return_d: bool, need_sigma: bool
+                                ) -> Tuple[Tensor, Tensor, Tensor]:
+    """(grad_x, grad_F, grad_sigma); grad_sigma is empty unless ``need_sigma``."""
+
+
+# Reference backwards are closed-form torch (reference.py), not torch.func.vjp: torch.func inside an op body
+# cannot run under opcheck's schema check, and the closed forms are pinned to the forwards by gradcheck.
+def _reference_combine_backward(grad_D, grad_d, x, F, sigma, sd, smin, mode, return_d, need_sigma):
+    gd = grad_d if return_d and grad_d.numel() == x.numel() else None
+    gx, gF, gs = reference.denoise_combine_backward(grad_D, gd, x, F, sigma, sd, smin, mode, need_sigma)
+    layouts = _combine_bwd_layouts(x, sigma, need_sigma)
+    gs = gs if need_sigma else C.empty_grad(x)
+    return tuple(C.match_layout(g, lay) for g, lay in zip((gx, gF, gs), layouts))
+
+
+COMBINE_BACKWARD = define_op(OP_COMBINE_BWD, _combine_backward_signature, reference=_reference_combine_backward,
+                             fake=lambda gD, gd, x, F, sigma, sd, smin, mode, return_d, need_sigma:
+                             _combine_bwd_layouts(x, sigma, need_sigma))
+
+
+def _combine_signature(x: Tensor, F: Tensor, sigma: Tensor, sigma_data: float, sigma_min: float, mode: str,
+                       return_d: bool) -> Tuple[Tensor, Tensor]:
+    """(D, d); d is an empty placeholder unless ``return_d``."""
+
+
+def _reference_combine(x, F, sigma, sd, smin, mode, return_d):
+    D, d = reference.denoise_combine(x, F, sigma, sd, smin, mode, return_d)
+    fmt = C.memory_format_of(x)
+    return C.to_format(D, fmt), (C.to_format(d, fmt) if return_d else d)
 
 
 def _combine_setup(ctx, inputs, output):
@@ -146,80 +148,53 @@ def _combine_backward(ctx, grad_D, grad_d):
     need_sigma = ctx.needs_input_grad[2]
     if grad_d is None or not return_d:
         grad_d = C.empty_grad(x)
-    gx, gF, gs = _denoise_combine_backward(grad_D, grad_d, x, F, sigma, sd, smin, mode, return_d, need_sigma)
+    gx, gF, gs = COMBINE_BACKWARD(grad_D, grad_d, x, F, sigma, sd, smin, mode, return_d, need_sigma)
     return gx, gF, (gs if need_sigma else None), None, None, None, None
 
 
-_denoise_combine.register_autograd(_combine_backward, setup_context=_combine_setup)
-
-
-@register_kernel(OP_COMBINE, "reference")
-def _reference_combine(x, F, sigma, sd, smin, mode, return_d):
-    D, d = reference.denoise_combine(x, F, sigma, sd, smin, mode, return_d)
-    fmt = C.memory_format_of(x)
-    return C.to_format(D, fmt), (C.to_format(d, fmt) if return_d else d)
-
-
-# Reference backwards are closed-form torch (reference.py), not torch.func.vjp: torch.func inside an op body
-# cannot run under opcheck's schema check, and the closed forms are pinned to the forwards by gradcheck.
-@register_kernel(OP_COMBINE_BWD, "reference")
-def _reference_combine_backward(grad_D, grad_d, x, F, sigma, sd, smin, mode, return_d, need_sigma):
-    gd = grad_d if return_d and grad_d.numel() == x.numel() else None
-    gx, gF, gs = reference.denoise_combine_backward(grad_D, gd, x, F, sigma, sd, smin, mode, need_sigma)
-    layouts = _combine_bwd_layouts(x, sigma, need_sigma)
-    gs = gs if need_sigma else C.empty_grad(x)
-    return tuple(C.match_layout(g, lay) for g, lay in zip((gx, gF, gs), layouts))
+COMBINE = define_op(OP_COMBINE, _combine_signature, reference=_reference_combine, autocast="fp32",
+                    fake=lambda x, F, sigma, sd, smin, mode, return_d: (
+                        C.empty_like_format(x), C.empty_like_format(x) if return_d else C.empty_grad(x)),
+                    setup_context=_combine_setup, backward=_combine_backward)
 
 
 # ----------------------------------------------------------------------------------------------
 # Euler / Heun steps (sampling only: no autograd)
 # ----------------------------------------------------------------------------------------------
-@torch.library.custom_op("burstkern::edm_euler_update", mutates_args=())
-def _edm_euler_update(x: Tensor, F: Tensor, sigma: Tensor, sigma_next: Tensor, sigma_data: float
-                      ) -> Tuple[Tensor, Tensor]:
-    return C.call(OP_EULER, x.device, x, F, sigma, sigma_next, sigma_data)
+def _euler_signature(x: Tensor, F: Tensor, sigma: Tensor, sigma_next: Tensor, sigma_data: float
+                     ) -> Tuple[Tensor, Tensor]:
+    """(x_next, d)."""
 
 
-@_edm_euler_update.register_fake
-def _(x, F, sigma, sigma_next, sigma_data):
-    return C.empty_like_format(x), C.empty_like_format(x)
-
-
-@register_kernel(OP_EULER, "reference")
 def _reference_euler(x, F, sigma, sigma_next, sd):
     fmt = C.memory_format_of(x)
     return tuple(C.to_format(t, fmt) for t in reference.edm_euler_update(x, F, sigma, sigma_next, sd))
 
 
-@torch.library.custom_op("burstkern::edm_heun_update", mutates_args=())
-def _edm_heun_update(x_hat: Tensor, d: Tensor, x_next: Tensor, F_next: Tensor, sigma_hat: Tensor,
-                     sigma_next: Tensor, sigma_data: float) -> Tensor:
-    return C.call(OP_HEUN, x_hat.device, x_hat, d, x_next, F_next, sigma_hat, sigma_next, sigma_data)
+EULER = define_op(OP_EULER, _euler_signature, reference=_reference_euler, autocast="fp32",
+                  fake=lambda x, F, sigma, sigma_next, sd: (C.empty_like_format(x), C.empty_like_format(x)))
 
 
-@_edm_heun_update.register_fake
-def _(x_hat, d, x_next, F_next, sigma_hat, sigma_next, sigma_data):
-    return C.empty_like_format(x_hat)
+def _heun_signature(x_hat: Tensor, d: Tensor, x_next: Tensor, F_next: Tensor, sigma_hat: Tensor,
+                    sigma_next: Tensor, sigma_data: float) -> Tensor:
+    """EDM Algorithm 2's second stage, laid out as x_hat."""
 
 
-@register_kernel(OP_HEUN, "reference")
 def _reference_heun(x_hat, d, x_next, F_next, sigma_hat, sigma_next, sd):
     out = reference.edm_heun_update(x_hat, d, x_next, F_next, sigma_hat, sigma_next, sd)
     return C.to_format(out, C.memory_format_of(x_hat))
 
 
+HEUN = define_op(OP_HEUN, _heun_signature, reference=_reference_heun, autocast="fp32",
+                 fake=lambda x_hat, *rest: C.empty_like_format(x_hat))
+
+
 # ----------------------------------------------------------------------------------------------
 # add_noise
 # ----------------------------------------------------------------------------------------------
-@torch.library.custom_op("burstkern::add_noise", mutates_args=())
-def _add_noise(x: Tensor, sigma: Tensor, sigma_base: Optional[Tensor], s_noise: float, noise: Optional[Tensor],
-               seed: Optional[Tensor]) -> Tensor:
-    return C.call(OP_ADD_NOISE, x.device, x, sigma, sigma_base, s_noise, noise, seed)
-
-
-@_add_noise.register_fake
-def _(x, sigma, sigma_base, s_noise, noise, seed):
-    return C.empty_like_format(x)
+def _add_noise_signature(x: Tensor, sigma: Tensor, sigma_base: Optional[Tensor], s_noise: float,
+                         noise: Optional[Tensor], seed: Optional[Tensor]) -> Tensor:
+    """x + √(max(σ² − σ_base², 0))·s_noise·ε, laid out as x."""
 
 
 def _add_noise_setup(ctx, inputs, output):
@@ -238,40 +213,35 @@ def _add_noise_backward(ctx, grad):
     return grad, None, None, None, g_noise, None
 
 
-_add_noise.register_autograd(_add_noise_backward, setup_context=_add_noise_setup)
-
-
-@register_kernel(OP_ADD_NOISE, "reference")
-def _reference_add_noise(x, sigma, sigma_base, s_noise, noise, seed):
-    out = reference.add_noise(x, sigma, sigma_base, s_noise, noise, seed)
-    return C.to_format(out, C.memory_format_of(x))
+ADD_NOISE = define_op(OP_ADD_NOISE, _add_noise_signature, autocast="fp32",
+                      reference=lambda x, sigma, sigma_base, s_noise, noise, seed: C.to_format(
+                          reference.add_noise(x, sigma, sigma_base, s_noise, noise, seed), C.memory_format_of(x)),
+                      fake=lambda x, *rest: C.empty_like_format(x),
+                      setup_context=_add_noise_setup, backward=_add_noise_backward)
 
 
 # ----------------------------------------------------------------------------------------------
 # cm_update
 # ----------------------------------------------------------------------------------------------
-@torch.library.custom_op("burstkern::cm_update", mutates_args=())
-def _cm_update(x: Tensor, F: Tensor, sigma: Tensor, sigma_min: float, sigma_data: float,
-               sigma_next: Optional[Tensor], clamp: Optional[float], noise: Optional[Tensor],
-               seed: Optional[Tensor]) -> Tensor:
-    return C.call(OP_CM, x.device, x, F, sigma, sigma_min, sigma_data, sigma_next, clamp, noise, seed)
+def _cm_backward_signature(grad: Tensor, x: Tensor, F: Tensor, sigma: Tensor, sigma_min: float, sigma_data: float,
+                           clamp: Optional[float]) -> Tuple[Tensor, Tensor]:
+    """(grad_x, grad_F); the re-noise term does not depend on x or F."""
 
 
-@_cm_update.register_fake
-def _(x, F, sigma, sigma_min, sigma_data, sigma_next, clamp, noise, seed):
-    return C.empty_like_format(x)
+def _reference_cm_backward(grad, x, F, sigma, smin, sd, clamp):
+    gx, gF = reference.cm_update_backward(grad, x, F, sigma, smin, sd, clamp)
+    fmt = C.memory_format_of(x)
+    return C.to_format(gx, fmt), C.to_format(gF, fmt)
 
 
-@torch.library.custom_op("burstkern::cm_update_backward", mutates_args=())
-def _cm_update_backward(grad: Tensor, x: Tensor, F: Tensor, sigma: Tensor, sigma_min: float, sigma_data: float,
-                        clamp: Optional[float]) -> Tuple[Tensor, Tensor]:
-    """Returns (grad_x, grad_F); the re-noise term does not depend on x or F."""
-    return C.call(OP_CM_BWD, x.device, grad, x, F, sigma, sigma_min, sigma_data, clamp)
+CM_BACKWARD = define_op(OP_CM_BWD, _cm_backward_signature, reference=_reference_cm_backward,
+                        fake=lambda grad, x, *rest: (C.empty_like_format(x), C.empty_like_format(x)))
 
 
-@_cm_update_backward.register_fake
-def _(grad, x, F, sigma, sigma_min, sigma_data, clamp):
-    return C.empty_like_format(x), C.empty_like_format(x)
+def _cm_signature(x: Tensor, F: Tensor, sigma: Tensor, sigma_min: float, sigma_data: float,
+                  sigma_next: Optional[Tensor], clamp: Optional[float], noise: Optional[Tensor],
+                  seed: Optional[Tensor]) -> Tensor:
+    """clamp(c_skip^cm·x + c_out^cm·F) + √(σ_next² − σ_min²)·ε, laid out as x."""
 
 
 def _cm_setup(ctx, inputs, output):
@@ -282,49 +252,35 @@ def _cm_setup(ctx, inputs, output):
 
 def _cm_backward(ctx, grad):
     x, F, sigma = ctx.saved_tensors
-    gx, gF = _cm_update_backward(grad, x, F, sigma, *ctx.args)
+    gx, gF = CM_BACKWARD(grad, x, F, sigma, *ctx.args)
     return gx, gF, None, None, None, None, None, None, None
 
 
-_cm_update.register_autograd(_cm_backward, setup_context=_cm_setup)
-
-
-@register_kernel(OP_CM, "reference")
-def _reference_cm(x, F, sigma, smin, sd, sigma_next, clamp, noise, seed):
-    out = reference.cm_update(x, F, sigma, smin, sd, sigma_next, clamp, noise, seed)
-    return C.to_format(out, C.memory_format_of(x))
-
-
-@register_kernel(OP_CM_BWD, "reference")
-def _reference_cm_backward(grad, x, F, sigma, smin, sd, clamp):
-    gx, gF = reference.cm_update_backward(grad, x, F, sigma, smin, sd, clamp)
-    fmt = C.memory_format_of(x)
-    return C.to_format(gx, fmt), C.to_format(gF, fmt)
+CM = define_op(OP_CM, _cm_signature, autocast="fp32",
+               reference=lambda x, F, sigma, smin, sd, sigma_next, clamp, noise, seed: C.to_format(
+                   reference.cm_update(x, F, sigma, smin, sd, sigma_next, clamp, noise, seed), C.memory_format_of(x)),
+               fake=lambda x, *rest: C.empty_like_format(x), setup_context=_cm_setup, backward=_cm_backward)
 
 
 # ----------------------------------------------------------------------------------------------
 # edm_loss
 # ----------------------------------------------------------------------------------------------
-@torch.library.custom_op("burstkern::edm_loss", mutates_args=())
-def _edm_loss(x_noisy: Tensor, F: Tensor, y: Tensor, sigma: Tensor, sigma_data: float) -> Tensor:
-    return C.call(OP_LOSS, x_noisy.device, x_noisy, F, y, sigma, sigma_data)
+def _loss_backward_signature(grad: Tensor, x_noisy: Tensor, F: Tensor, y: Tensor, sigma: Tensor, sigma_data: float
+                             ) -> Tuple[Tensor, Tensor, Tensor]:
+    """(grad_x_noisy, grad_F, grad_y)."""
 
 
-@_edm_loss.register_fake
-def _(x_noisy, F, y, sigma, sigma_data):
-    return x_noisy.new_empty((x_noisy.shape[0],))
+def _reference_loss_backward(grad, x, F, y, sigma, sd):
+    fmt = C.memory_format_of(x)
+    return tuple(C.to_format(g, fmt) for g in reference.edm_loss_backward(grad, x, F, y, sigma, sd))
 
 
-@torch.library.custom_op("burstkern::edm_loss_backward", mutates_args=())
-def _edm_loss_backward(grad: Tensor, x_noisy: Tensor, F: Tensor, y: Tensor, sigma: Tensor, sigma_data: float
-                       ) -> Tuple[Tensor, Tensor, Tensor]:
-    """Returns (grad_x_noisy, grad_F, grad_y)."""
-    return C.call(OP_LOSS_BWD, x_noisy.device, grad, x_noisy, F, y, sigma, sigma_data)
+LOSS_BACKWARD = define_op(OP_LOSS_BWD, _loss_backward_signature, reference=_reference_loss_backward,
+                          fake=lambda grad, x, *rest: tuple(C.empty_like_format(x) for _ in range(3)))
 
 
-@_edm_loss_backward.register_fake
-def _(grad, x_noisy, F, y, sigma, sigma_data):
-    return C.empty_like_format(x_noisy), C.empty_like_format(x_noisy), C.empty_like_format(x_noisy)
+def _loss_signature(x_noisy: Tensor, F: Tensor, y: Tensor, sigma: Tensor, sigma_data: float) -> Tensor:
+    """[N]: mean over each sample of λ(σ)·(D − y)²."""
 
 
 def _loss_setup(ctx, inputs, output):
@@ -335,22 +291,14 @@ def _loss_setup(ctx, inputs, output):
 
 def _loss_backward(ctx, grad):
     x, F, y, sigma = ctx.saved_tensors
-    gx, gF, gy = _edm_loss_backward(grad, x, F, y, sigma, ctx.sd)
+    gx, gF, gy = LOSS_BACKWARD(grad, x, F, y, sigma, ctx.sd)
     return gx, gF, gy, None, None
 
 
-_edm_loss.register_autograd(_loss_backward, setup_context=_loss_setup)
-
-
-@register_kernel(OP_LOSS, "reference")
-def _reference_loss(x, F, y, sigma, sd):
-    return reference.edm_loss(x, F, y, sigma, sd).contiguous()
-
-
-@register_kernel(OP_LOSS_BWD, "reference")
-def _reference_loss_backward(grad, x, F, y, sigma, sd):
-    fmt = C.memory_format_of(x)
-    return tuple(C.to_format(g, fmt) for g in reference.edm_loss_backward(grad, x, F, y, sigma, sd))
+LOSS = define_op(OP_LOSS, _loss_signature, autocast="fp32",
+                 reference=lambda x, F, y, sigma, sd: reference.edm_loss(x, F, y, sigma, sd).contiguous(),
+                 fake=lambda x_noisy, *rest: x_noisy.new_empty((x_noisy.shape[0],)),
+                 setup_context=_loss_setup, backward=_loss_backward)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -437,7 +385,7 @@ def edm_scalings(sigma: Tensor, sigma_data: float = 0.5) -> Tuple[Tensor, Tensor
         >>> c_skip, c_out, c_in, c_noise = edm_scalings(torch.tensor([0.03, 80.0]))
     """
     sigma = _check_scalings_sigma(sigma)
-    return _denoise_scalings(sigma, _check_float("sigma_data", sigma_data, positive=True), 0.0, "edm")
+    return SCALINGS(sigma, _check_float("sigma_data", sigma_data, positive=True), 0.0, "edm")
 
 
 def cm_scalings(sigma: Tensor, sigma_min: float = 0.002, sigma_data: float = 0.5
@@ -450,7 +398,7 @@ def cm_scalings(sigma: Tensor, sigma_min: float = 0.002, sigma_data: float = 0.5
         >>> c_skip, c_out, c_in, c_noise = cm_scalings(torch.tensor(0.03))
     """
     sigma = _check_scalings_sigma(sigma)
-    return _denoise_scalings(sigma, _check_float("sigma_data", sigma_data, positive=True),
+    return SCALINGS(sigma, _check_float("sigma_data", sigma_data, positive=True),
                              _check_float("sigma_min", sigma_min, nonneg=True), "cm")
 
 
@@ -480,7 +428,7 @@ def karras_schedule(num_steps: int, sigma_min: float, sigma_max: float, rho: flo
     if sigma_min > sigma_max:
         raise ValueError(f"sigma_min ({sigma_min}) must be <= sigma_max ({sigma_max})")
     device = torch.device("cpu") if device is None else torch.device(device)
-    return _karras_schedule(num_steps, sigma_min, sigma_max, rho, device)
+    return KARRAS(num_steps, sigma_min, sigma_max, rho, device)
 
 
 def denoise_combine(x: Tensor, F: Tensor, sigma, sigma_data: float = 0.5, mode: str = "edm",
@@ -502,15 +450,14 @@ def denoise_combine(x: Tensor, F: Tensor, sigma, sigma_data: float = 0.5, mode: 
         >>> x, F = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
         >>> D, d = denoise_combine(x, F, torch.tensor([0.5, 2.0]), return_d=True)
     """
-    # autocast: these updates are precision-critical and memory-bound, so they run in fp32 (like torch's fp32 list)
-    x, F = C.autocast_inputs(x, F, dtype=torch.float32)
+    x, F = COMBINE.cast(x, F)
     _check_x("x", x)
     _check_like("F", F, "x", x)
     sigma = _check_sigma("sigma", sigma, x)
     mode = _check_mode(mode)
     if not isinstance(return_d, bool):
         raise TypeError(f"return_d must be a bool, got {type(return_d).__name__}")
-    D, d = _denoise_combine(x, F, sigma, _check_float("sigma_data", sigma_data, positive=True),
+    D, d = COMBINE(x, F, sigma, _check_float("sigma_data", sigma_data, positive=True),
                             _check_float("sigma_min", sigma_min, nonneg=True), mode, return_d)
     return (D, d) if return_d else D
 
@@ -530,13 +477,12 @@ def edm_euler_update(x: Tensor, F: Tensor, sigma, sigma_next, sigma_data: float 
 
         >>> x_next, d = edm_euler_update(x, F, torch.tensor(80.0), torch.tensor(60.0))
     """
-    # autocast: these updates are precision-critical and memory-bound, so they run in fp32 (like torch's fp32 list)
-    x, F = C.autocast_inputs(x, F, dtype=torch.float32)
+    x, F = EULER.cast(x, F)
     _check_x("x", x)
     _check_like("F", F, "x", x)
     sigma = _check_sigma("sigma", sigma, x)
     sigma_next = _check_sigma("sigma_next", sigma_next, x)
-    return _edm_euler_update(x, F, sigma, sigma_next, _check_float("sigma_data", sigma_data, positive=True))
+    return EULER(x, F, sigma, sigma_next, _check_float("sigma_data", sigma_data, positive=True))
 
 
 def edm_heun_update(x_hat: Tensor, d: Tensor, x_next: Tensor, F_next: Tensor, sigma_hat, sigma_next,
@@ -558,15 +504,14 @@ def edm_heun_update(x_hat: Tensor, d: Tensor, x_next: Tensor, F_next: Tensor, si
 
         >>> x2 = edm_heun_update(x_hat, d, x_next, F_next, torch.tensor(80.0), torch.tensor(60.0))
     """
-    # autocast: these updates are precision-critical and memory-bound, so they run in fp32 (like torch's fp32 list)
-    x_hat, d, x_next, F_next = C.autocast_inputs(x_hat, d, x_next, F_next, dtype=torch.float32)
+    x_hat, d, x_next, F_next = HEUN.cast(x_hat, d, x_next, F_next)
     _check_x("x_hat", x_hat)
     _check_like("d", d, "x_hat", x_hat)
     _check_like("x_next", x_next, "x_hat", x_hat)
     _check_like("F_next", F_next, "x_hat", x_hat)
     sigma_hat = _check_sigma("sigma_hat", sigma_hat, x_hat)
     sigma_next = _check_sigma("sigma_next", sigma_next, x_hat)
-    return _edm_heun_update(x_hat, d, x_next, F_next, sigma_hat, sigma_next,
+    return HEUN(x_hat, d, x_next, F_next, sigma_hat, sigma_next,
                             _check_float("sigma_data", sigma_data, positive=True))
 
 
@@ -589,15 +534,14 @@ def add_noise(x: Tensor, sigma, sigma_base=None, s_noise: float = 1.0, noise: Op
         >>> g = torch.Generator().manual_seed(0)
         >>> x_tau = add_noise(x_init, torch.tensor(0.03), generator=g)
     """
-    # autocast: these updates are precision-critical and memory-bound, so they run in fp32 (like torch's fp32 list)
-    x, noise = C.autocast_inputs(x, noise, dtype=torch.float32)
+    x, noise = ADD_NOISE.cast(x, noise)
     _check_x("x", x)
     sigma = _check_sigma("sigma", sigma, x)
     if sigma_base is not None:
         sigma_base = _check_sigma("sigma_base", sigma_base, x)
     s_noise = _check_float("s_noise", s_noise)
     noise, seed = _noise_source(x, noise, generator)
-    return _add_noise(x, sigma, sigma_base, s_noise, noise, seed)
+    return ADD_NOISE(x, sigma, sigma_base, s_noise, noise, seed)
 
 
 def cm_update(x: Tensor, F: Tensor, sigma, sigma_min: float = 0.002, sigma_data: float = 0.5, sigma_next=None,
@@ -618,8 +562,7 @@ def cm_update(x: Tensor, F: Tensor, sigma, sigma_min: float = 0.002, sigma_data:
 
         >>> x0 = cm_update(x, F, torch.tensor(0.03), clamp=1.0)
     """
-    # autocast: these updates are precision-critical and memory-bound, so they run in fp32 (like torch's fp32 list)
-    x, F, noise = C.autocast_inputs(x, F, noise, dtype=torch.float32)
+    x, F, noise = CM.cast(x, F, noise)
     _check_x("x", x)
     _check_like("F", F, "x", x)
     sigma = _check_sigma("sigma", sigma, x)
@@ -633,7 +576,7 @@ def cm_update(x: Tensor, F: Tensor, sigma, sigma_min: float = 0.002, sigma_data:
         noise, seed = _noise_source(x, noise, generator)
     elif noise is not None or generator is not None:
         raise ValueError("noise= / generator= are only used when sigma_next is given (re-noising)")
-    return _cm_update(x, F, sigma, sigma_min, sigma_data, sigma_next, clamp, noise, seed)
+    return CM(x, F, sigma, sigma_min, sigma_data, sigma_next, clamp, noise, seed)
 
 
 def edm_loss(x_noisy: Tensor, F: Tensor, y: Tensor, sigma, sigma_data: float = 0.5) -> Tensor:
@@ -652,10 +595,9 @@ def edm_loss(x_noisy: Tensor, F: Tensor, y: Tensor, sigma, sigma_data: float = 0
 
         >>> loss = edm_loss(y + sigma.view(-1, 1, 1, 1) * n, net_out, y, sigma).mean()
     """
-    # autocast: these updates are precision-critical and memory-bound, so they run in fp32 (like torch's fp32 list)
-    x_noisy, F, y = C.autocast_inputs(x_noisy, F, y, dtype=torch.float32)
+    x_noisy, F, y = LOSS.cast(x_noisy, F, y)
     _check_x("x_noisy", x_noisy)
     _check_like("F", F, "x_noisy", x_noisy)
     _check_like("y", y, "x_noisy", x_noisy)
     sigma = _check_sigma("sigma", sigma, x_noisy)
-    return _edm_loss(x_noisy, F, y, sigma, _check_float("sigma_data", sigma_data, positive=True))
+    return LOSS(x_noisy, F, y, sigma, _check_float("sigma_data", sigma_data, positive=True))

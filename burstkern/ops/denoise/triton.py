@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .. import _common as C
-from ...backend import register_kernel
+from ...registry import register_kernel
 from . import op as O
 
 BLOCK = 1024
@@ -32,12 +32,6 @@ NUM_WARPS = 4
 
 def _new(like: torch.Tensor, shape=None, dtype=None) -> torch.Tensor:
     return C.poisoned(C.empty_like_format(like, shape=shape, dtype=dtype))
-
-
-def _check_dtype(x: torch.Tensor, what: str) -> None:
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"the triton backend of {what} runs float32/float16/bfloat16 tensors (fp32 math), got "
-                        f"{C.describe(x)}; use the reference backend for float64")
 
 
 def _fmt_inputs(x: torch.Tensor, *ts):
@@ -235,7 +229,8 @@ def _add_noise_fwd_kernel(x_ptr, sig_ptr, sb_ptr, noise_ptr, seed_ptr, out_ptr, 
     if HAS_BASE:
         sb = _load_sigma(sb_ptr, n, sb_stride, mask)
         v -= sb * sb
-    scale = tl.sqrt_rn(tl.maximum(v, 0.0)) * s_noise
+    # compare-and-select, not tl.maximum (which returns 0 for a NaN v): a NaN σ gives NaN, as the reference does
+    scale = tl.sqrt_rn(tl.where(v < 0.0, 0.0, v)) * s_noise
     if HAS_NOISE:
         eps = tl.load(noise_ptr + offs, mask=mask).to(tl.float32)
     else:
@@ -260,7 +255,8 @@ def _cm_update_fwd_kernel(x_ptr, f_ptr, sig_ptr, sn_ptr, noise_ptr, seed_ptr, ou
         x0 = tl.where(x0 < -clamp, -clamp, tl.where(x0 > clamp, clamp, x0))
     if HAS_NEXT:
         sn = _load_sigma(sn_ptr, n, sn_stride, mask)
-        scale = tl.sqrt_rn(tl.maximum(sn * sn - smin * smin, 0.0))
+        v = sn * sn - smin * smin
+        scale = tl.sqrt_rn(tl.where(v < 0.0, 0.0, v))  # NaN σ_next propagates (tl.maximum would give 0)
         if HAS_NOISE:
             eps = tl.load(noise_ptr + offs, mask=mask).to(tl.float32)
         else:
@@ -338,12 +334,8 @@ def randn(seed: torch.Tensor, shape, device) -> torch.Tensor:
     return out
 
 
-@register_kernel(O.OP_SCALINGS, "triton")
+@register_kernel(O.OP_SCALINGS, "triton", supports=C.TRITON)
 def denoise_scalings(sigma, sd, smin, mode):
-    cd = C.compute_dtype(sigma.dtype)
-    if cd == torch.float64:
-        raise TypeError(f"the triton backend of denoise_scalings computes in fp32, got sigma {C.describe(sigma)}; "
-                        f"use the reference backend for float64")
     s = sigma.contiguous()
     outs = [C.poisoned(torch.empty(sigma.shape, dtype=torch.float32, device=sigma.device)) for _ in range(4)]
     if s.numel():
@@ -352,9 +344,8 @@ def denoise_scalings(sigma, sd, smin, mode):
     return tuple(outs)
 
 
-@register_kernel(O.OP_COMBINE, "triton")
+@register_kernel(O.OP_COMBINE, "triton", supports=C.TRITON)
 def denoise_combine_forward(x, F, sigma, sd, smin, mode, return_d):
-    _check_dtype(x, "denoise_combine")
     _, (x, F) = _fmt_inputs(x, F)
     D = _new(x)
     d = _new(x) if return_d else C.empty_grad(x)
@@ -365,9 +356,8 @@ def denoise_combine_forward(x, F, sigma, sd, smin, mode, return_d):
     return D, d
 
 
-@register_kernel(O.OP_COMBINE_BWD, "triton")
+@register_kernel(O.OP_COMBINE_BWD, "triton", supports=C.TRITON)
 def denoise_combine_backward(grad_D, grad_d, x, F, sigma, sd, smin, mode, return_d, need_sigma):
-    _check_dtype(x, "denoise_combine")
     has_gd = return_d and grad_d.numel() == x.numel() and x.numel() > 0
     _, (x, F, grad_D, grad_d) = _fmt_inputs(x, F, grad_D, grad_d if has_gd else None)
     gx, gF = _new(x), _new(x)
@@ -387,9 +377,8 @@ def denoise_combine_backward(grad_D, grad_d, x, F, sigma, sd, smin, mode, return
     return gx, gF, gs.to(sigma.dtype).reshape(sigma.shape).contiguous()
 
 
-@register_kernel(O.OP_EULER, "triton")
+@register_kernel(O.OP_EULER, "triton", supports=C.TRITON)
 def edm_euler_update(x, F, sigma, sigma_next, sd):
-    _check_dtype(x, "edm_euler_update")
     _, (x, F) = _fmt_inputs(x, F)
     xn, d = _new(x), _new(x)
     if x.numel():
@@ -399,9 +388,8 @@ def edm_euler_update(x, F, sigma, sigma_next, sd):
     return xn, d
 
 
-@register_kernel(O.OP_HEUN, "triton")
+@register_kernel(O.OP_HEUN, "triton", supports=C.TRITON)
 def edm_heun_update(x_hat, d, x_next, F_next, sigma_hat, sigma_next, sd):
-    _check_dtype(x_hat, "edm_heun_update")
     _, (x_hat, d, x_next, F_next) = _fmt_inputs(x_hat, d, x_next, F_next)
     out = _new(x_hat)
     if x_hat.numel():
@@ -411,9 +399,8 @@ def edm_heun_update(x_hat, d, x_next, F_next, sigma_hat, sigma_next, sd):
     return out
 
 
-@register_kernel(O.OP_ADD_NOISE, "triton")
+@register_kernel(O.OP_ADD_NOISE, "triton", supports=C.TRITON)
 def add_noise(x, sigma, sigma_base, s_noise, noise, seed):
-    _check_dtype(x, "add_noise")
     fmt, (x, noise) = _fmt_inputs(x, noise)
     out = _new(x)
     cl, cc, hh, ww = _cl_dims(x, fmt)
@@ -427,9 +414,8 @@ def add_noise(x, sigma, sigma_base, s_noise, noise, seed):
     return out
 
 
-@register_kernel(O.OP_CM, "triton")
+@register_kernel(O.OP_CM, "triton", supports=C.TRITON)
 def cm_update(x, F, sigma, smin, sd, sigma_next, clamp, noise, seed):
-    _check_dtype(x, "cm_update")
     fmt, (x, F, noise) = _fmt_inputs(x, F, noise)
     out = _new(x)
     cl, cc, hh, ww = _cl_dims(x, fmt)
@@ -443,9 +429,8 @@ def cm_update(x, F, sigma, smin, sd, sigma_next, clamp, noise, seed):
     return out
 
 
-@register_kernel(O.OP_CM_BWD, "triton")
+@register_kernel(O.OP_CM_BWD, "triton", supports=C.TRITON)
 def cm_update_backward(grad, x, F, sigma, smin, sd, clamp):
-    _check_dtype(x, "cm_update")
     _, (x, F, grad) = _fmt_inputs(x, F, grad)
     gx, gF = _new(x), _new(x)
     if x.numel():
@@ -455,9 +440,8 @@ def cm_update_backward(grad, x, F, sigma, smin, sd, clamp):
     return gx, gF
 
 
-@register_kernel(O.OP_LOSS, "triton")
+@register_kernel(O.OP_LOSS, "triton", supports=C.TRITON)
 def edm_loss_forward(x, F, y, sigma, sd):
-    _check_dtype(x, "edm_loss")
     _, (x, F, y) = _fmt_inputs(x, F, y)
     n, m = x.shape[0], _per_sample(x)
     nblk = max(1, triton.cdiv(m, BLOCK))
@@ -473,9 +457,8 @@ def edm_loss_forward(x, F, y, sigma, sd):
     return (part.view(n, nblk).sum(1) * lam / max(m, 1)).to(x.dtype)
 
 
-@register_kernel(O.OP_LOSS_BWD, "triton")
+@register_kernel(O.OP_LOSS_BWD, "triton", supports=C.TRITON)
 def edm_loss_backward(grad, x, F, y, sigma, sd):
-    _check_dtype(x, "edm_loss")
     _, (x, F, y) = _fmt_inputs(x, F, y)
     gx, gF, gy = _new(x), _new(x), _new(x)
     if x.numel():

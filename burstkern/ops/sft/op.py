@@ -1,10 +1,9 @@
 """``burstkern.ops.sft_modulate`` / ``sft_group_norm``: public functions, ``torch.library`` ops, autograd.
 
-Four ops: ``burstkern::sft_modulate`` and ``burstkern::sft_group_norm`` and their backwards (ops of their own so
-the backward stays traceable by torch.compile). ``sft_group_norm`` also returns the per-(sample, group) mean and
-rstd, which autograd saves with x so the fused backward recomputes the normalised tensor instead of storing
-it. Each op resolves its kernel from the backend registry at run time; the reference kernels are registered
-here, the Triton ones by ``triton.py``.
+Four ops, each declared once with ``define_op``: ``burstkern::sft_modulate`` and ``burstkern::sft_group_norm``
+and their backwards (ops of their own so the backward stays traceable by torch.compile). ``sft_group_norm`` also
+returns the per-(sample, group) mean and rstd, which autograd saves with x so the fused backward recomputes the
+normalised tensor instead of storing it.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _common as C
-from ...backend import register_kernel
+from .._define import define_op
 from . import reference
 from .reference import ACT_CODES
 
@@ -60,94 +59,6 @@ def group_norm_grad_layouts(x, gamma, beta, weight, bias):
 
 
 # ----------------------------------------------------------------------------------------------
-# sft_modulate
-# ----------------------------------------------------------------------------------------------
-@torch.library.custom_op("burstkern::sft_modulate", mutates_args=())
-def _sft_modulate(x: Tensor, gamma: Tensor, beta: Optional[Tensor], act: int, slope: float) -> Tensor:
-    return C.call(OP_MOD, x.device, x, gamma, beta, act, slope)
-
-
-@_sft_modulate.register_fake
-def _(x, gamma, beta, act, slope):
-    return C.empty_like_format(x)
-
-
-@torch.library.custom_op("burstkern::sft_modulate_backward", mutates_args=())
-def _sft_modulate_backward(grad: Tensor, x: Tensor, gamma: Tensor, beta: Optional[Tensor], act: int,
-                           slope: float) -> Tuple[Tensor, Tensor, Tensor]:
-    """Returns (grad_x, grad_gamma, grad_beta); grad_beta is empty when beta is None."""
-    return C.call(OP_MOD_BWD, x.device, grad, x, gamma, beta, act, slope)
-
-
-@_sft_modulate_backward.register_fake
-def _(grad, x, gamma, beta, act, slope):
-    return modulate_grad_layouts(x, gamma, beta)
-
-
-def _mod_setup_context(ctx, inputs, output):
-    x, gamma, beta, act, slope = inputs
-    ctx.save_for_backward(x, gamma, beta)
-    ctx.act, ctx.slope = act, slope
-
-
-def _mod_autograd_backward(ctx, grad):
-    x, gamma, beta = ctx.saved_tensors
-    gx, gg, gb = _sft_modulate_backward(grad, x, gamma, beta, ctx.act, ctx.slope)
-    return gx, gg, (None if beta is None else gb), None, None
-
-
-_sft_modulate.register_autograd(_mod_autograd_backward, setup_context=_mod_setup_context)
-
-
-# ----------------------------------------------------------------------------------------------
-# sft_group_norm
-# ----------------------------------------------------------------------------------------------
-@torch.library.custom_op("burstkern::sft_group_norm", mutates_args=())
-def _sft_group_norm(x: Tensor, gamma: Tensor, beta: Optional[Tensor], num_groups: int, weight: Optional[Tensor],
-                    bias: Optional[Tensor], eps: float, act: int, slope: float) -> Tuple[Tensor, Tensor, Tensor]:
-    """Returns (out, mean [N, G], rstd [N, G]); mean/rstd in fp32 (fp64 for fp64 x)."""
-    return C.call(OP_GN, x.device, x, gamma, beta, num_groups, weight, bias, eps, act, slope)
-
-
-@_sft_group_norm.register_fake
-def _(x, gamma, beta, num_groups, weight, bias, eps, act, slope):
-    return group_norm_out_layouts(x, num_groups)
-
-
-@torch.library.custom_op("burstkern::sft_group_norm_backward", mutates_args=())
-def _sft_group_norm_backward(grad: Tensor, x: Tensor, gamma: Tensor, beta: Optional[Tensor], num_groups: int,
-                             weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, rstd: Tensor,
-                             eps: float, act: int, slope: float) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns (grad_x, grad_gamma, grad_beta, grad_weight, grad_bias); empty where the input is None."""
-    return C.call(OP_GN_BWD, x.device, grad, x, gamma, beta, num_groups, weight, bias, mean, rstd, eps, act,
-                  slope)
-
-
-@_sft_group_norm_backward.register_fake
-def _(grad, x, gamma, beta, num_groups, weight, bias, mean, rstd, eps, act, slope):
-    return group_norm_grad_layouts(x, gamma, beta, weight, bias)
-
-
-def _gn_setup_context(ctx, inputs, output):
-    x, gamma, beta, num_groups, weight, bias, eps, act, slope = inputs
-    _, mean, rstd = output
-    ctx.mark_non_differentiable(mean, rstd)
-    ctx.save_for_backward(x, gamma, beta, weight, bias, mean, rstd)
-    ctx.num_groups, ctx.eps, ctx.act, ctx.slope = num_groups, eps, act, slope
-
-
-def _gn_autograd_backward(ctx, grad, _grad_mean, _grad_rstd):
-    x, gamma, beta, weight, bias, mean, rstd = ctx.saved_tensors
-    gx, gg, gb, gw, gbias = _sft_group_norm_backward(grad, x, gamma, beta, ctx.num_groups, weight, bias, mean,
-                                                     rstd, ctx.eps, ctx.act, ctx.slope)
-    return (gx, gg, None if beta is None else gb, None, None if weight is None else gw,
-            None if bias is None else gbias, None, None, None)
-
-
-_sft_group_norm.register_autograd(_gn_autograd_backward, setup_context=_gn_setup_context)
-
-
-# ----------------------------------------------------------------------------------------------
 # reference kernels
 # ----------------------------------------------------------------------------------------------
 def _unaliased(grads, *inputs):
@@ -163,29 +74,25 @@ def _unaliased(grads, *inputs):
     return tuple(out)
 
 
-@register_kernel(OP_MOD, "reference")
-def _reference_modulate(x, gamma, beta, act, slope):
-    return C.to_format(reference.sft_modulate(x, gamma, beta, act, slope), C.memory_format_of(x))
-
-
 def _or_empty(grads, ref: Tensor):
     return tuple(C.empty_grad(ref) if g is None else g for g in grads)
 
 
-@register_kernel(OP_MOD_BWD, "reference")
+def _reference_modulate(x, gamma, beta, act, slope):
+    return C.to_format(reference.sft_modulate(x, gamma, beta, act, slope), C.memory_format_of(x))
+
+
 def _reference_modulate_backward(grad, x, gamma, beta, act, slope):
     grads = _or_empty(reference.sft_modulate_backward(grad, x, gamma, beta, act, slope), x)
     grads = (C.match_layout(g, lay) for g, lay in zip(grads, modulate_grad_layouts(x, gamma, beta)))
     return _unaliased(grads, grad, x, gamma, beta)
 
 
-@register_kernel(OP_GN, "reference")
 def _reference_group_norm(x, gamma, beta, num_groups, weight, bias, eps, act, slope):
     out, mean, rstd = reference.sft_group_norm(x, gamma, beta, num_groups, weight, bias, eps, act, slope)
     return C.to_format(out, C.memory_format_of(x)), mean.contiguous(), rstd.contiguous()
 
 
-@register_kernel(OP_GN_BWD, "reference")
 def _reference_group_norm_backward(grad, x, gamma, beta, num_groups, weight, bias, mean, rstd, eps, act, slope):
     # the reference recomputes the statistics itself; mean/rstd are only the fused kernels' shortcut
     grads = _or_empty(reference.sft_group_norm_backward(grad, x, gamma, beta, num_groups, weight, bias, eps, act,
@@ -193,6 +100,84 @@ def _reference_group_norm_backward(grad, x, gamma, beta, num_groups, weight, bia
     layouts = group_norm_grad_layouts(x, gamma, beta, weight, bias)
     grads = (C.match_layout(g, lay) for g, lay in zip(grads, layouts))
     return _unaliased(grads, grad, x, gamma, beta, weight, bias, mean, rstd)
+
+
+# ----------------------------------------------------------------------------------------------
+# sft_modulate
+# ----------------------------------------------------------------------------------------------
+def _modulate_backward_signature(grad: Tensor, x: Tensor, gamma: Tensor, beta: Optional[Tensor], act: int,
+                                 slope: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """(grad_x, grad_gamma, grad_beta); grad_beta is empty when beta is None."""
+
+
+MODULATE_BACKWARD = define_op(OP_MOD_BWD, _modulate_backward_signature, reference=_reference_modulate_backward,
+                              fake=lambda grad, x, gamma, beta, act, slope: modulate_grad_layouts(x, gamma, beta))
+
+
+def _modulate_signature(x: Tensor, gamma: Tensor, beta: Optional[Tensor], act: int, slope: float) -> Tensor:
+    """act(x * (1 + gamma) + beta), laid out as x."""
+
+
+def _mod_setup_context(ctx, inputs, output):
+    x, gamma, beta, act, slope = inputs
+    ctx.save_for_backward(x, gamma, beta)
+    ctx.act, ctx.slope = act, slope
+
+
+def _mod_backward(ctx, grad):
+    x, gamma, beta = ctx.saved_tensors
+    gx, gg, gb = MODULATE_BACKWARD(grad, x, gamma, beta, ctx.act, ctx.slope)
+    return gx, gg, (None if beta is None else gb), None, None
+
+
+# autocast "lower": all in the autocast dtype (fp32 math inside the kernels)
+MODULATE = define_op(OP_MOD, _modulate_signature, reference=_reference_modulate,
+                     fake=lambda x, gamma, beta, act, slope: C.empty_like_format(x),
+                     setup_context=_mod_setup_context, backward=_mod_backward, autocast="lower")
+
+
+# ----------------------------------------------------------------------------------------------
+# sft_group_norm
+# ----------------------------------------------------------------------------------------------
+def _group_norm_backward_signature(grad: Tensor, x: Tensor, gamma: Tensor, beta: Optional[Tensor], num_groups: int,
+                                   weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, rstd: Tensor,
+                                   eps: float, act: int, slope: float
+                                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(grad_x, grad_gamma, grad_beta, grad_weight, grad_bias); empty where the input is None."""
+
+
+GROUP_NORM_BACKWARD = define_op(
+    OP_GN_BWD, _group_norm_backward_signature, reference=_reference_group_norm_backward,
+    fake=lambda grad, x, gamma, beta, num_groups, weight, bias, *rest: group_norm_grad_layouts(x, gamma, beta,
+                                                                                               weight, bias))
+
+
+def _group_norm_signature(x: Tensor, gamma: Tensor, beta: Optional[Tensor], num_groups: int,
+                          weight: Optional[Tensor], bias: Optional[Tensor], eps: float, act: int, slope: float
+                          ) -> Tuple[Tensor, Tensor, Tensor]:
+    """(out, mean [N, G], rstd [N, G]); mean/rstd in fp32 (fp64 for fp64 x)."""
+
+
+def _gn_setup_context(ctx, inputs, output):
+    x, gamma, beta, num_groups, weight, bias, eps, act, slope = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.save_for_backward(x, gamma, beta, weight, bias, mean, rstd)
+    ctx.num_groups, ctx.eps, ctx.act, ctx.slope = num_groups, eps, act, slope
+
+
+def _gn_backward(ctx, grad, _grad_mean, _grad_rstd):
+    x, gamma, beta, weight, bias, mean, rstd = ctx.saved_tensors
+    gx, gg, gb, gw, gbias = GROUP_NORM_BACKWARD(grad, x, gamma, beta, ctx.num_groups, weight, bias, mean, rstd,
+                                                ctx.eps, ctx.act, ctx.slope)
+    return (gx, gg, None if beta is None else gb, None, None if weight is None else gw,
+            None if bias is None else gbias, None, None, None)
+
+
+# autocast "lower": all in the autocast dtype; the statistics are fp32 inside the kernels anyway
+GROUP_NORM = define_op(OP_GN, _group_norm_signature, reference=_reference_group_norm,
+                       fake=lambda x, gamma, beta, num_groups, *rest: group_norm_out_layouts(x, num_groups),
+                       setup_context=_gn_setup_context, backward=_gn_backward, autocast="lower")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,11 +297,11 @@ def sft_modulate(x: Tensor, gamma: Tensor, beta: Optional[Tensor] = None, act: O
         >>> sft_modulate(x, scale_shift, act="leaky_relu(0.2)").shape
         torch.Size([2, 64, 48, 48])
     """
-    x, gamma, beta = C.autocast_inputs(x, gamma, beta)  # autocast: all in the autocast dtype (fp32 math inside)
+    x, gamma, beta = MODULATE.cast(x, gamma, beta)
     code, slope = check_modulate_args(x, gamma, beta, act)
     if x.dim() == 3:
-        return _sft_modulate(x.unsqueeze(-1), gamma.unsqueeze(-1), _as_4d(beta), code, slope).squeeze(-1)
-    return _sft_modulate(x, gamma, beta, code, slope)
+        return MODULATE(x.unsqueeze(-1), gamma.unsqueeze(-1), _as_4d(beta), code, slope).squeeze(-1)
+    return MODULATE(x, gamma, beta, code, slope)
 
 
 def sft_group_norm(x: Tensor, gamma: Tensor, beta: Optional[Tensor] = None, num_groups: int = 32,
@@ -344,11 +329,10 @@ def sft_group_norm(x: Tensor, gamma: Tensor, beta: Optional[Tensor] = None, num_
         >>> sft_group_norm(x, gb, num_groups=32).shape
         torch.Size([2, 128, 96, 96])
     """
-    # autocast: all in the autocast dtype; the statistics are fp32 inside the kernels anyway
-    x, gamma, beta, weight, bias = C.autocast_inputs(x, gamma, beta, weight, bias)
+    x, gamma, beta, weight, bias = GROUP_NORM.cast(x, gamma, beta, weight, bias)
     code, slope = check_group_norm_args(x, gamma, beta, num_groups, weight, bias, eps, act)
     if x.dim() == 3:
-        out = _sft_group_norm(x.unsqueeze(-1), gamma.unsqueeze(-1), _as_4d(beta), num_groups, weight, bias,
+        out = GROUP_NORM(x.unsqueeze(-1), gamma.unsqueeze(-1), _as_4d(beta), num_groups, weight, bias,
                               float(eps), code, slope)[0]
         return out.squeeze(-1)
-    return _sft_group_norm(x, gamma, beta, num_groups, weight, bias, float(eps), code, slope)[0]
+    return GROUP_NORM(x, gamma, beta, num_groups, weight, bias, float(eps), code, slope)[0]

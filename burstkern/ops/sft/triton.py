@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .. import _common as C
-from ...backend import register_kernel
+from ...registry import register_kernel
 from .op import OP_GN, OP_GN_BWD, OP_MOD, OP_MOD_BWD
 
 # Tile sizes (elements per program ~ TILE) and the chunk cap of the statistics pass. Tests shrink them to
@@ -560,7 +560,7 @@ def sft_group_norm_forward(x, gamma, beta, num_groups: int, weight, bias, eps: f
     return out, mean, rstd
 
 
-def sft_group_norm_backward(grad, x, gamma, beta, num_groups: int, weight, bias, mean, rstd, act: int,
+def sft_group_norm_backward(grad, x, gamma, beta, num_groups: int, weight, bias, mean, rstd, eps: float, act: int,
                             slope: float):
     """(dx, dgamma, dbeta, dweight, dbias) of ``sft_group_norm``; empty placeholders for absent inputs."""
     n, c, h, w = x.shape
@@ -612,21 +612,6 @@ def sft_group_norm_backward(grad, x, gamma, beta, num_groups: int, weight, bias,
 # ----------------------------------------------------------------------------------------------
 # registration
 # ----------------------------------------------------------------------------------------------
-@register_kernel(OP_MOD, "triton")
-def _triton_modulate(x, gamma, beta, act, slope):
-    return sft_modulate_forward(x, gamma, beta, act, slope)
-
-
-@register_kernel(OP_MOD_BWD, "triton")
-def _triton_modulate_backward(grad, x, gamma, beta, act, slope):
-    return sft_modulate_backward(grad, x, gamma, beta, act, slope)
-
-
-@register_kernel(OP_GN, "triton")
-def _triton_group_norm(x, gamma, beta, num_groups, weight, bias, eps, act, slope):
-    return sft_group_norm_forward(x, gamma, beta, num_groups, weight, bias, eps, act, slope)
-
-
-@register_kernel(OP_GN_BWD, "triton")
-def _triton_group_norm_backward(grad, x, gamma, beta, num_groups, weight, bias, mean, rstd, eps, act, slope):
-    return sft_group_norm_backward(grad, x, gamma, beta, num_groups, weight, bias, mean, rstd, act, slope)
+for _op, _fn in ((OP_MOD, sft_modulate_forward), (OP_MOD_BWD, sft_modulate_backward),
+                 (OP_GN, sft_group_norm_forward), (OP_GN_BWD, sft_group_norm_backward)):
+    register_kernel(_op, "triton", _fn, supports=C.TRITON)

@@ -1,8 +1,7 @@
-"""The ``cuda`` backend of the sft ops: thin glue from the registry to the compiled ``burstkern_C`` kernels.
+"""The ``native`` backend of the sft ops: the compiled ``burstkern_C`` ops of the same names and schemas.
 
-Kernels: ``csrc/sft/`` (element math and the tile walk in ``element.cuh``/``functors.cuh``, shared by the CUDA
-kernels and the CPU build of the same ``burstkern_C`` ops that the tests run without a GPU); fp32 math and
-statistics for float32/float16/bfloat16 storage; float64 is the reference backend's job. Launches:
+CPU tensors: two fused passes over memory (statistics, then normalise + modulate + activation), every float dtype.
+CUDA tensors (``csrc/sft/``): fp32 math and statistics for float32/float16/bfloat16 storage. CUDA launches:
 ``sft_modulate`` 1 forward, 1 backward (+1 finalize for per-channel gamma/beta gradients); ``sft_group_norm``
 3 forward (statistics, finalize, apply), 3 backward (sums, finalize, dx). Reductions are fixed-order partial sums:
 deterministic, no float atomics.
@@ -14,7 +13,6 @@ per-channel ``[N, C, 1, 1]`` of any strides, channel slices such as the two halv
 tensor): the kernels read them in place through their strides. A spatially cropped gamma/beta view (H and W not
 mergeable) is made contiguous in x's format first. Outputs take x's format, the rule of op.py's fake impls.
 
-Registered only when ``burstkern._C`` is loaded and has these ops (see ``__init__.py``).
 """
 
 from __future__ import annotations
@@ -24,16 +22,10 @@ from typing import Optional
 import torch
 
 from .. import _common as C
-from ...backend import register_kernel
+from ...registry import register_kernel
 from . import op as O
 
 _B = torch.ops.burstkern_C
-
-
-def _check_dtype(x: torch.Tensor, what: str) -> None:
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"the cuda backend of {what} runs float32/float16/bfloat16 tensors (fp32 math), got x "
-                        f"{C.describe(x)}; use the reference backend for float64")
 
 
 def _mergeable(t: torch.Tensor) -> bool:
@@ -54,30 +46,30 @@ def _prep(x, gamma, beta, grad=None):
             None if grad is None else C.to_format(grad, fmt))
 
 
-@register_kernel(O.OP_MOD, "cuda")
+@register_kernel(O.OP_MOD, "native", supports=C.NATIVE)
 def sft_modulate_forward(x, gamma, beta, act, slope):
-    _check_dtype(x, "sft_modulate")
     xc, g, b, _ = _prep(x, gamma, beta)
     return _B.sft_modulate(xc, g, b, act, slope)
 
 
-@register_kernel(O.OP_MOD_BWD, "cuda")
+@register_kernel(O.OP_MOD_BWD, "native", supports=C.NATIVE)
 def sft_modulate_backward(grad, x, gamma, beta, act, slope):
-    _check_dtype(x, "sft_modulate")
     xc, g, b, gr = _prep(x, gamma, beta, grad)
     return _B.sft_modulate_backward(gr, xc, g, b, act, slope)
 
 
-@register_kernel(O.OP_GN, "cuda")
+@register_kernel(O.OP_GN, "native", supports=C.NATIVE)
 def sft_group_norm_forward(x, gamma, beta, num_groups, weight, bias, eps, act, slope):
-    _check_dtype(x, "sft_group_norm")
     xc, g, b, _ = _prep(x, gamma, beta)
     return _B.sft_group_norm(xc, g, b, num_groups, weight, bias, eps, act, slope)
 
 
-@register_kernel(O.OP_GN_BWD, "cuda")
+@register_kernel(O.OP_GN_BWD, "native", supports=C.NATIVE)
 def sft_group_norm_backward(grad, x, gamma, beta, num_groups, weight, bias, mean, rstd, eps, act, slope):
-    _check_dtype(x, "sft_group_norm")
     xc, g, b, gr = _prep(x, gamma, beta, grad)
-    return _B.sft_group_norm_backward(gr, xc, g, b, num_groups, weight, bias, mean.float().contiguous(),
-                                      rstd.float().contiguous(), act, slope)
+    extra = (eps,) if _BWD_TAKES_EPS else ()
+    return _B.sft_group_norm_backward(gr, xc, g, b, num_groups, weight, bias, mean.contiguous(), rstd.contiguous(),
+                                      *extra, act, slope)
+
+
+_BWD_TAKES_EPS = any(a.name == "eps" for a in _B.sft_group_norm_backward.default._schema.arguments)

@@ -1,9 +1,9 @@
-"""The ``cuda`` backend of the denoise ops: thin glue from the registry to the compiled ``burstkern_C`` kernels.
+"""The ``native`` backend of the denoise ops: the compiled ``burstkern_C`` ops of the same names.
 
-Kernels: ``csrc/denoise/`` (element math in ``element.cuh``, shared by the CUDA kernels and the CPU build of the
-same ``burstkern_C`` ops that the tests run without a GPU). Every op is one kernel launch over the flat elements
-(reductions, ``edm_loss`` and σ's gradient, add a memset of their per-sample counters), fp32 math for
-float32/float16/bfloat16 storage; float64 is the reference backend's job.
+Kernels: ``csrc/denoise/``. Every op is one pass over the flat elements: on CPU tensors vectorised and
+multi-threaded, every float dtype (fp64 in fp64); on CUDA tensors one launch (reductions, ``edm_loss`` and σ's
+gradient, add a memset of their per-sample counters), fp32 math for float32/float16/bfloat16 storage. In-kernel
+noise is the same Philox stream (rng.py) on both.
 
 Layout: the kernels walk all tensor arguments of an op as flat arrays in one memory order, contiguous or
 channels_last (the batch dimension is outermost in both, so sample = flat index // elements per sample). Here
@@ -12,8 +12,6 @@ a copy otherwise, e.g. for strided inputs, which become contiguous); the kernels
 the rule of op.py's fake impls. σ's ([] or [N], any float dtype and stride) and the int64 seed tensor go to the
 kernels as they are: they are read on the device, so nothing syncs with the host and a CUDA-graph replay reads
 the seed its generator wrote.
-
-Registered only when ``burstkern._C`` is loaded and has these ops (see ``__init__.py``).
 """
 
 from __future__ import annotations
@@ -21,16 +19,10 @@ from __future__ import annotations
 import torch
 
 from .. import _common as C
-from ...backend import register_kernel
+from ...registry import register_kernel
 from . import op as O
 
 _B = torch.ops.burstkern_C
-
-
-def _check_dtype(x: torch.Tensor, what: str) -> None:
-    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"the cuda backend of {what} runs float32/float16/bfloat16 tensors (fp32 math), got "
-                        f"{C.describe(x)}; use the reference backend for float64")
 
 
 def _fmt(x: torch.Tensor, *ts):
@@ -39,75 +31,63 @@ def _fmt(x: torch.Tensor, *ts):
     return [None if t is None else C.to_format(t, fmt) for t in (x,) + ts]
 
 
-@register_kernel(O.OP_SCALINGS, "cuda")
+@register_kernel(O.OP_SCALINGS, "native", supports=C.NATIVE)
 def denoise_scalings(sigma, sd, smin, mode):
-    if sigma.dtype == torch.float64:
-        raise TypeError(f"the cuda backend of denoise_scalings computes in fp32, got sigma {C.describe(sigma)}; "
-                        f"use the reference backend for float64")
     return _B.denoise_scalings(sigma.contiguous(), sd, smin, mode == "cm")
 
 
-@register_kernel(O.OP_COMBINE, "cuda")
+@register_kernel(O.OP_COMBINE, "native", supports=C.NATIVE)
 def denoise_combine_forward(x, F, sigma, sd, smin, mode, return_d):
-    _check_dtype(x, "denoise_combine")
     x, F = _fmt(x, F)
     return _B.denoise_combine(x, F, sigma, sd, smin, mode == "cm", return_d)
 
 
-@register_kernel(O.OP_COMBINE_BWD, "cuda")
+@register_kernel(O.OP_COMBINE_BWD, "native", supports=C.NATIVE)
 def denoise_combine_backward(grad_D, grad_d, x, F, sigma, sd, smin, mode, return_d, need_sigma):
-    _check_dtype(x, "denoise_combine")
     # grad_d is an empty placeholder when d was not returned
     has_gd = return_d and grad_d.numel() == x.numel() and x.numel() > 0
     x, F, grad_D, grad_d = _fmt(x, F, grad_D, grad_d if has_gd else None)
     return _B.denoise_combine_backward(grad_D, grad_d, x, F, sigma, sd, smin, mode == "cm", need_sigma)
 
 
-@register_kernel(O.OP_EULER, "cuda")
+@register_kernel(O.OP_EULER, "native", supports=C.NATIVE)
 def edm_euler_update(x, F, sigma, sigma_next, sd):
-    _check_dtype(x, "edm_euler_update")
     x, F = _fmt(x, F)
     return _B.edm_euler_update(x, F, sigma, sigma_next, sd)
 
 
-@register_kernel(O.OP_HEUN, "cuda")
+@register_kernel(O.OP_HEUN, "native", supports=C.NATIVE)
 def edm_heun_update(x_hat, d, x_next, F_next, sigma_hat, sigma_next, sd):
-    _check_dtype(x_hat, "edm_heun_update")
     x_hat, d, x_next, F_next = _fmt(x_hat, d, x_next, F_next)
     return _B.edm_heun_update(x_hat, d, x_next, F_next, sigma_hat, sigma_next, sd)
 
 
-@register_kernel(O.OP_ADD_NOISE, "cuda")
+@register_kernel(O.OP_ADD_NOISE, "native", supports=C.NATIVE)
 def add_noise(x, sigma, sigma_base, s_noise, noise, seed):
-    _check_dtype(x, "add_noise")
     x, noise = _fmt(x, noise)
     return _B.add_noise(x, sigma, sigma_base, s_noise, noise, seed)
 
 
-@register_kernel(O.OP_CM, "cuda")
+@register_kernel(O.OP_CM, "native", supports=C.NATIVE)
 def cm_update(x, F, sigma, smin, sd, sigma_next, clamp, noise, seed):
-    _check_dtype(x, "cm_update")
     x, F, noise = _fmt(x, F, noise)
     return _B.cm_update(x, F, sigma, smin, sd, sigma_next, clamp, noise, seed)
 
 
-@register_kernel(O.OP_CM_BWD, "cuda")
+@register_kernel(O.OP_CM_BWD, "native", supports=C.NATIVE)
 def cm_update_backward(grad, x, F, sigma, smin, sd, clamp):
-    _check_dtype(x, "cm_update")
     x, F, grad = _fmt(x, F, grad)
     return _B.cm_update_backward(grad, x, F, sigma, smin, sd, clamp)
 
 
-@register_kernel(O.OP_LOSS, "cuda")
+@register_kernel(O.OP_LOSS, "native", supports=C.NATIVE)
 def edm_loss_forward(x, F, y, sigma, sd):
-    _check_dtype(x, "edm_loss")
     x, F, y = _fmt(x, F, y)
     return _B.edm_loss(x, F, y, sigma, sd)
 
 
-@register_kernel(O.OP_LOSS_BWD, "cuda")
+@register_kernel(O.OP_LOSS_BWD, "native", supports=C.NATIVE)
 def edm_loss_backward(grad, x, F, y, sigma, sd):
-    _check_dtype(x, "edm_loss")
     x, F, y = _fmt(x, F, y)
     return _B.edm_loss_backward(grad, x, F, y, sigma, sd)
 
