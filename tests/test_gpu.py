@@ -1,9 +1,9 @@
 """GPU checks: ``pytest -m gpu`` (stage 2 of ``bash python/gpu_run.sh --quick``, the first thing a lent GPU runs).
 
 Every fused kernel (``native``: the compiled csrc/ kernels; ``triton``) against the fp64 reference on the GPU list
-of shapes (DESIGN.md "Shapes that matter", plus tails), outputs NaN-poisoned so an element a kernel never writes
-fails; gradients; CUDA-graph capture and replay; determinism; cases of more than 2^31 elements (int32 index
-overflow); the E-BSRD pipeline. Public ops only (``burstkern.ops.*`` under ``burstkern.backend(...)``).
+of shapes (the alignment, U-Net and image shapes of the E-BSRD pipeline, plus tails), outputs NaN-poisoned so an
+element a kernel never writes fails; gradients; CUDA-graph capture and replay; determinism; cases of more than
+2^31 elements (int32 index overflow); the E-BSRD pipeline. Public ops only (``burstkern.ops.*`` under ``burstkern.backend(...)``).
 
 Without a GPU every test skips. ``BURSTKERN_GPU_TESTS_ON_CPU=1`` runs this file's logic on the CPU instead, at
 shrunk shapes, with the native CPU kernels and the Triton interpreter (the reference where those cannot run): a
@@ -198,7 +198,7 @@ class Dcn:
         return dataclasses.replace(self, n=min(self.n, 2), h=min(self.h, 9), w=min(self.w, 8))
 
 
-# DESIGN.md's alignment shapes (K = 3), og 1 twin, large offsets, and odd cases with tails everywhere
+# the alignment shapes that matter (K = 3), og 1 twin, large offsets, and odd cases with tails everywhere
 DCN_CASES = [
     Dcn("N8C64_96og8", 8, 64, 64, 96, 96),
     Dcn("N8C64_96og1", 8, 64, 64, 96, 96, og=1),
