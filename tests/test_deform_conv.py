@@ -402,11 +402,6 @@ PARITY_CASES = [
 ]
 
 
-@pytest.fixture
-def poison(poisoned_outputs):
-    """NaN-fill every output the fused launchers allocate before a kernel writes it."""
-
-
 def _parity(backend, cfg, dtype, layout="contiguous", seed=0):
     args = make_inputs(cfg, dtype=dtype, device=DEVICE, seed=seed, layout=layout)
     # the reference sees exactly the (rounded) inputs the kernel sees, in fp64
@@ -427,14 +422,14 @@ def _parity(backend, cfg, dtype, layout="contiguous", seed=0):
 @pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cfg", PARITY_CASES, ids=str)
-def test_fused_parity(backend, cfg, dtype, poison):
+def test_fused_parity(backend, cfg, dtype, poisoned_outputs):
     _parity(backend, cfg, dtype, seed=_seed(cfg, dtype))
 
 
 @pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
-def test_fused_layouts(backend, layout, dtype, poison):
+def test_fused_layouts(backend, layout, dtype, poisoned_outputs):
     cfg = Cfg(cin=8, cout=8, groups=2, og=4)
     out, _ = _parity(backend, cfg, dtype, layout=layout, seed=21)
     if layout == "channels_last":
@@ -448,7 +443,7 @@ MULTI_TILE = [(Cfg(n=1, cin=20, cout=20, og=1, h=4, w=5), torch.float32),
 
 
 @pytest.mark.parametrize("cfg,dtype", MULTI_TILE, ids=[f"{c}-{d}" for c, d in MULTI_TILE])
-def test_triton_multi_tile(cfg, dtype, poison, monkeypatch):
+def test_triton_multi_tile(cfg, dtype, poisoned_outputs, monkeypatch):
     """Small blocks force several channel chunks, output-channel tiles (with tails) and pixel splits of the
     grad-weight reduction, which the default CPU block sizes never reach at these shapes."""
     if not any(p.values[0] == "triton" and not p.marks for p in FUSED):
@@ -460,7 +455,7 @@ def test_triton_multi_tile(cfg, dtype, poison, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", FUSED)
-def test_fused_empty_batch(backend, poison):
+def test_fused_empty_batch(backend, poisoned_outputs):
     cfg = Cfg(n=0)
     args = make_inputs(cfg, dtype=torch.float32, device=DEVICE)
     with burstkern.backend(backend):
@@ -470,7 +465,7 @@ def test_fused_empty_batch(backend, poison):
 
 
 @pytest.mark.parametrize("backend", FUSED)
-def test_fused_deterministic_backward(backend, poison, monkeypatch):
+def test_fused_deterministic_backward(backend, poisoned_outputs, monkeypatch):
     if backend == "triton":
         from burstkern.ops.deform_conv import triton as dc_triton
         # several launches of the deterministic grad-input path (index_put_ per chunk of pixels)
@@ -517,7 +512,7 @@ def test_fused_compile_fullgraph(backend):
                                  Cfg(n=3, cin=48, cout=48, h=24, w=24, groups=8, og=8, dilation=(2, 2),
                                      padding=(2, 2)),
                                  Cfg(n=2, cin=64, cout=64, h=40, w=40, og=1, offset_scale=20.0)], ids=str)
-def test_fused_parity_gpu_shapes(backend, cfg, dtype, poison):
+def test_fused_parity_gpu_shapes(backend, cfg, dtype, poisoned_outputs):
     _parity(backend, cfg, dtype, seed=31)
 
 

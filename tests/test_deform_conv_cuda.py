@@ -1,7 +1,7 @@
 """The cuda backend of deform_conv2d (csrc/deform_conv/, burstkern/ops/deform_conv/cuda.py).
 
 The CUDA kernels and the CPU build of the same ``burstkern_C`` ops run the same element code (element.cuh), so
-most of it is tested here on the CPU: the ``compiled_on_cpu`` fixture lets the ``cuda`` backend take CPU tensors
+most of it is tested here on the CPU: the ``native_on_cpu`` fixture lets the ``native`` backend take CPU tensors
 (through native.py's glue into the CPU build of the ``burstkern_C`` ops, outputs NaN-poisoned before the kernels
 write) and pins it to the fp64 reference: forward and every gradient, fp32/fp16/bf16, weight groups, offset groups
 1/2/several/one channel each, stride/padding/dilation, mask None, far offsets, N = 0/1, odd sizes,
@@ -55,20 +55,15 @@ class _Spy:
 
 
 @pytest.fixture
-def poisoned(monkeypatch, poisoned_outputs):
+def compiled_spy(monkeypatch, poisoned_outputs):
     spy = _Spy()
     monkeypatch.setattr(glue, "_B", spy)
     return spy
 
 
-@pytest.fixture
-def compiled_on_cpu(native_on_cpu, poisoned):
-    """The cuda backend on CPU tensors (conftest.native_on_cpu), outputs poisoned."""
-
-
 @pytest.fixture(params=DEVICES)
 def dev(request):
-    return compiled_device(request)
+    return compiled_device(request, every=("compiled_spy",))
 
 
 def parity(cfg, dtype, device, layout="contiguous", seed=0):
@@ -112,7 +107,7 @@ CASES = [
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cfg", CASES, ids=str)
-def test_parity_cpu_build(cfg, dtype, compiled_on_cpu):
+def test_parity_cpu_build(cfg, dtype, native_on_cpu, compiled_spy):
     parity(cfg, dtype, "cpu", seed=_seed(cfg, dtype))
 
 
@@ -127,7 +122,7 @@ def test_layouts(layout, dtype, dev):
         assert grads[0].is_contiguous(memory_format=torch.channels_last)
 
 
-def test_sampling_bit_exact(compiled_on_cpu):
+def test_sampling_bit_exact(native_on_cpu, compiled_spy):
     """A depthwise 1x1 conv with unit weights returns the sampled, modulated columns: the element functions
     (stencil, corner validity, weights, mask) equal the reference's bit for bit in fp32."""
     g = torch.Generator().manual_seed(5)
@@ -172,7 +167,7 @@ def test_deterministic_backward(dev):
 @pytest.mark.parametrize("cfg,layout", [(Cfg(n=1, h=5, w=6, groups=2, og=2), "contiguous"),
                                         (Cfg(n=1, h=5, w=6, mask=False, bias=False), "channels_last")],
                          ids=["mask", "nomask"])
-def test_opcheck(cfg, layout, compiled_on_cpu):
+def test_opcheck(cfg, layout, native_on_cpu, compiled_spy):
     with burstkern.backend("native"):
         _opcheck_both(cfg, layout)
 
@@ -189,7 +184,7 @@ def test_opcheck_compiled_ops():
     torch.library.opcheck(B.deform_conv2d_backward.default, (grad, x, off, w, b, *ints, m), test_utils=tests)
 
 
-def test_compile_fullgraph(compiled_on_cpu):
+def test_compile_fullgraph(native_on_cpu, compiled_spy):
     cfg = Cfg(cin=8, cout=8, og=2)
     args = make_inputs(cfg, dtype=torch.float32, seed=29)
     compiled = torch.compile(lambda *a: bk(*a), fullgraph=True, backend="aot_eager")
@@ -240,19 +235,19 @@ GPU_CASES = [
 @requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cfg", GPU_CASES, ids=str)
-def test_parity_gpu(cfg, dtype, poisoned):
+def test_parity_gpu(cfg, dtype, compiled_spy):
     parity(cfg, dtype, "native", seed=31)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cfg", GPU_CASES[1:], ids=str)
-def test_parity_tiled_emulated(cfg, dtype, compiled_on_cpu, simt_emulation):
+def test_parity_tiled_emulated(cfg, dtype, native_on_cpu, compiled_spy, simt_emulation):
     """The GPU cases but the issue's full shape, the CUDA kernels on the SIMT emulation: several pixel and
     output-channel tiles with tails, channel chunks straddling offset and weight groups, the tensor-core path."""
     parity(cfg, dtype, "cpu", seed=31)
 
 
-def test_deterministic_chunks_emulated(compiled_on_cpu, simt_emulation):
+def test_deterministic_chunks_emulated(native_on_cpu, compiled_spy, simt_emulation):
     """More contributions than one deterministic grad-input launch holds: two launches, reduced with index_put_;
     bitwise equal between runs."""
     cfg = Cfg(n=1, cin=64, cout=64, h=48, w=48, og=8)
@@ -272,12 +267,12 @@ def test_deterministic_chunks_emulated(compiled_on_cpu, simt_emulation):
 
 @requires_cuda
 @pytest.mark.parametrize("layout", ["channels_last", "strided"])
-def test_layouts_gpu_large(layout, poisoned):
+def test_layouts_gpu_large(layout, compiled_spy):
     parity(Cfg(n=2, cin=64, cout=64, h=24, w=24, og=8), torch.float16, "cuda", layout=layout, seed=41)
 
 
 @requires_cuda
-def test_deterministic_gpu_large(poisoned):
+def test_deterministic_gpu_large(compiled_spy):
     """Several deterministic grad-input launches (chunks of pixels) give bitwise-equal gradients."""
     cfg = Cfg(n=4, cin=64, cout=64, h=48, w=48, og=8)
     prev = torch.are_deterministic_algorithms_enabled()
@@ -293,7 +288,7 @@ def test_deterministic_gpu_large(poisoned):
 
 @requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_small_sanitizer_case(dtype, poisoned):
+def test_small_sanitizer_case(dtype, compiled_spy):
     """Small enough to run under compute-sanitizer (memcheck / racecheck): every tail at once."""
     parity(Cfg(n=1, cin=5, cout=3, h=4, w=3, og=5, offset_scale=3.0), dtype, "native", seed=47)
 

@@ -465,13 +465,6 @@ def test_sampling_ops_have_no_gradient():
 # ----------------------------------------------------------------------------------------------
 # Triton vs the fp64 reference
 # ----------------------------------------------------------------------------------------------
-@pytest.fixture
-def poisoned(poisoned_outputs):
-    from burstkern.ops.denoise import triton as tri
-
-    return tri
-
-
 def _ref(fn, *args, **kw):
     """fn on fp64 copies of the tensor arguments, on the reference backend."""
     up = lambda a: a.detach().double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a  # noqa
@@ -483,7 +476,7 @@ def _ref(fn, *args, **kw):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_fused_forward(backend, dtype, layout, shape, poisoned):
+def test_fused_forward(backend, dtype, layout, shape, poisoned_outputs):
     n = shape[0]
     x, F = make(shape, dtype, layout, 1, 2.0), make(shape, dtype, layout, 2)
     y, eps = make(shape, dtype, layout, 3), make(shape, dtype, layout, 4)
@@ -527,7 +520,7 @@ def test_fused_forward(backend, dtype, layout, shape, poisoned):
 
 @pytest.mark.parametrize("backend", fused_backends(dn_op.OP_ADD_NOISE, "cpu"))
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
-def test_fused_in_kernel_noise_matches_reference(backend, layout, poisoned):
+def test_fused_in_kernel_noise_matches_reference(backend, layout, poisoned_outputs):
     """No explicit noise: the same generator seed gives the reference's rng.py normals in the kernel."""
     shape = (2, 3, 23, 19)
     x, F = make(shape, torch.float32, layout, 1), make(shape, torch.float32, layout, 2)
@@ -546,7 +539,7 @@ def test_fused_in_kernel_noise_matches_reference(backend, layout, poisoned):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", [(3, 3, 7, 5), (2, 3, 23, 19)])
-def test_fused_gradients(backend, dtype, layout, shape, poisoned):
+def test_fused_gradients(backend, dtype, layout, shape, poisoned_outputs):
     n = shape[0]
     x, F, y = make(shape, dtype, layout, 1, 2.0), make(shape, dtype, layout, 2), make(shape, dtype, layout, 3)
     gD, gd = make(shape, dtype, layout, 5), make(shape, dtype, layout, 6)
@@ -585,7 +578,7 @@ def test_fused_gradients(backend, dtype, layout, shape, poisoned):
 
 @pytest.mark.parametrize("backend", fused_backends(dn_op.OP_COMBINE, "cpu"))
 @pytest.mark.parametrize("shape", [(7,), (2, 1500), (2, 3, 4, 5, 3)])
-def test_fused_other_ranks(backend, shape, poisoned):
+def test_fused_other_ranks(backend, shape, poisoned_outputs):
     x, F, y = (make(shape, torch.float32, seed=i) for i in range(3))
     s = make_sigma(shape[0], "per_sample", 1)
     with burstkern.backend(backend):
@@ -599,10 +592,18 @@ def test_fused_other_ranks(backend, shape, poisoned):
 
 
 @pytest.mark.parametrize("backend", fused_backends(dn_op.OP_COMBINE, "cpu"))
-def test_fused_rejects_fp64(backend):
+def test_fused_fp64_policy(backend):
+    """Triton declares fp32/fp16/bf16: naming it for fp64 is a DTYPE error; the native CPU kernels run fp64."""
     x = torch.randn(2, 3, dtype=torch.float64)
-    with burstkern.backend(backend), pytest.raises(TypeError, match="use the reference backend for float64"):
-        ops.denoise_combine(x, x, 0.5)
+    if backend == "triton":
+        with burstkern.backend(backend), pytest.raises(burstkern.BackendUnavailableError, match="float64") as e:
+            ops.denoise_combine(x, x, 0.5)
+        assert e.value.reason is burstkern.Reason.DTYPE
+    else:
+        with burstkern.backend(backend):
+            out = ops.denoise_combine(x, x, 0.5)
+        with burstkern.backend("reference"):
+            assert_rel_close(out, ops.denoise_combine(x, x, 0.5), torch.float64, "fp64 combine")
 
 
 @requires_cuda

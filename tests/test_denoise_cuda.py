@@ -41,16 +41,6 @@ DEVICES = COMPILED_DEVICES
 # ----------------------------------------------------------------------------------------------
 # running the cuda backend on CPU tensors (the CPU build of the burstkern_C ops)
 # ----------------------------------------------------------------------------------------------
-@pytest.fixture
-def poisoned(poisoned_outputs):
-    pass
-
-
-@pytest.fixture
-def compiled_on_cpu(native_on_cpu, poisoned):
-    """The cuda backend on CPU tensors (conftest.native_on_cpu), outputs poisoned."""
-
-
 @pytest.fixture(params=DEVICES)
 def dev(request):
     return compiled_device(request)

@@ -422,11 +422,6 @@ def test_parse_act():
 # fused backends vs the fp64 reference
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture
-def poisoned(poisoned_outputs):
-    """Every buffer the fused launchers allocate starts as NaN, so an element a kernel forgets shows up."""
-
-
-@pytest.fixture
 def tiny_tiles(monkeypatch):
     """Tiles of a few elements: the channel/space loops, several chunks per group and several tiles per plane."""
     if sft_triton is not None:
@@ -479,13 +474,13 @@ def check_parity(case: Case, dtype: torch.dtype, backend: str, seed=11, device="
 
 @pytest.mark.parametrize("backend", fused_backends("sft_modulate", "cpu"))
 @pytest.mark.parametrize("case,dtype", _parity_cases("mod"))
-def test_fused_modulate_matches_reference(case, dtype, backend, poisoned):
+def test_fused_modulate_matches_reference(case, dtype, backend, poisoned_outputs):
     check_parity(case, dtype, backend)
 
 
 @pytest.mark.parametrize("backend", fused_backends("sft_group_norm", "cpu"))
 @pytest.mark.parametrize("case,dtype", _parity_cases("gn"))
-def test_fused_group_norm_matches_reference(case, dtype, backend, poisoned):
+def test_fused_group_norm_matches_reference(case, dtype, backend, poisoned_outputs):
     check_parity(case, dtype, backend)
 
 
@@ -503,7 +498,7 @@ TINY_TILE_CASES = [
 
 @pytest.mark.parametrize("backend", fused_backends("sft_group_norm", "cpu"))
 @pytest.mark.parametrize("case", TINY_TILE_CASES, ids=str)
-def test_fused_multi_tile_paths(case, backend, poisoned, tiny_tiles):
+def test_fused_multi_tile_paths(case, backend, poisoned_outputs, tiny_tiles):
     check_parity(case, torch.float32, backend)
 
 
@@ -517,7 +512,7 @@ def _plain_errors(case: Case, ins: dict, dy: torch.Tensor, ref_out, ref_grads):
 
 @pytest.mark.parametrize("backend", fused_backends("sft_group_norm", "cpu"))
 @pytest.mark.parametrize("tiles", [False, True])
-def test_fused_group_norm_large_mean(backend, tiles, poisoned, request):
+def test_fused_group_norm_large_mean(backend, tiles, poisoned_outputs, request):
     """x = 1000 + N(0, 1) in fp32. Rounding x - mean already costs ~3e-5 here (torch's own fp32 GroupNorm has
     that error), so the bound is 2x torch's fp32 error; a one-pass E[x^2] - E[x]^2 variance would be ~1e-1 off."""
     if tiles:
@@ -541,14 +536,14 @@ def test_fused_group_norm_large_mean(backend, tiles, poisoned, request):
 
 
 @pytest.mark.parametrize("backend", fused_backends("sft_group_norm", "cpu"))
-def test_fused_group_norm_channels_last_many_groups(backend, poisoned):
+def test_fused_group_norm_channels_last_many_groups(backend, poisoned_outputs):
     """GroupNorm32 of 96 channels (3 per group), channels_last: 21 groups per statistics program, 11 in the last."""
     check_parity(Case(op="gn", n=1, c=96, h=3, w=3, groups=32, form="spatial", act="relu", layout="channels_last"),
                  torch.float32, backend)
 
 
 @pytest.mark.parametrize("backend", fused_backends("sft_group_norm", "cpu"))
-def test_fused_spatial_one_by_one(backend, poisoned):
+def test_fused_spatial_one_by_one(backend, poisoned_outputs):
     """x of 1x1 spatial size (every modulation is per-channel then) and eps = 0."""
     check_parity(Case(op="gn", n=3, c=8, h=1, w=2, groups=4, form="merged_channel", act="silu", eps=0.0),
                  torch.float32, backend)
@@ -557,10 +552,16 @@ def test_fused_spatial_one_by_one(backend, poisoned):
 
 @pytest.mark.parametrize("backend", fused_backends("sft_group_norm", "cpu"))
 @pytest.mark.parametrize("op", ["mod", "gn"])
-def test_fused_fp64(op, backend, poisoned):
-    """fp64 inputs run with fp64 statistics and math (not fp32): fp64 tolerance."""
-    check_parity(Case(op=op, n=2, c=6, h=5, w=3, groups=3, form="mixed", act="silu", layout="channels_last"),
-                 torch.float64, backend)
+def test_fused_fp64(op, backend, poisoned_outputs):
+    """fp64: the native CPU kernels compute it in fp64 (fp64 tolerance); Triton declares fp32/fp16/bf16 only, so
+    naming it for fp64 is a clear error (the registry's float64 policy)."""
+    case = Case(op=op, n=2, c=6, h=5, w=3, groups=3, form="mixed", act="silu", layout="channels_last")
+    if backend == "triton":
+        with pytest.raises(burstkern.BackendUnavailableError, match="float64") as e:
+            run(case, make_inputs(case, torch.float64, seed=3), backend)
+        assert e.value.reason is burstkern.Reason.DTYPE
+        return
+    check_parity(case, torch.float64, backend)
 
 
 @pytest.mark.parametrize("backend", fused_backends("sft_group_norm", "cpu"))
@@ -574,7 +575,7 @@ def test_fused_backward_is_deterministic(backend, tiny_tiles):
 
 
 @pytest.mark.parametrize("backend", fused_backends("sft_group_norm", "cpu"))
-def test_fused_statistics_outputs(backend, poisoned):
+def test_fused_statistics_outputs(backend, poisoned_outputs):
     case = Case(n=2, c=12, groups=3, layout="channels_last", mean=10.0)
     ins = make_inputs(case, torch.bfloat16, seed=13)
     args = (ins["x"], ins["gamma"], ins["beta"], 3, ins["weight"], ins["bias"], 1e-5, 1, 0.0)
@@ -604,5 +605,5 @@ GPU_CASES = [
 @requires_cuda
 @pytest.mark.parametrize("backend", fused_backends("sft_group_norm", "cuda"))
 @pytest.mark.parametrize("case,dtype", GPU_CASES, ids=lambda v: str(v))
-def test_fused_gpu_shapes(case, dtype, backend, poisoned):
+def test_fused_gpu_shapes(case, dtype, backend, poisoned_outputs):
     check_parity(case, dtype, backend, device="cuda")

@@ -41,20 +41,10 @@ SMALL_TILE = 64  # elements per block in the CPU tests: several chunks per row /
 # running the cuda backend on CPU tensors (the CPU build of the burstkern_C ops)
 # ----------------------------------------------------------------------------------------------
 @pytest.fixture
-def poisoned(poisoned_outputs):
-    pass
-
-
-@pytest.fixture
 def small_tiles():
     prev = B.sft_tile_elements(SMALL_TILE)
     yield
     B.sft_tile_elements(prev)
-
-
-@pytest.fixture
-def compiled_on_cpu(native_on_cpu, poisoned):
-    """The cuda backend on CPU tensors (conftest.native_on_cpu), outputs poisoned."""
 
 
 @pytest.fixture(params=DEVICES)
@@ -134,7 +124,7 @@ def test_channel_tiles_and_groups_across_vectors(dev, case, dtype):
 
 
 @pytest.mark.parametrize("tile", [1, 7, 8192])
-def test_block_sizes(compiled_on_cpu, tile):
+def test_block_sizes(native_on_cpu, tile):
     """One element per block, a size that splits vectors' rows unevenly, and the GPU default (one chunk)."""
     prev = B.sft_tile_elements(tile)
     try:
@@ -375,7 +365,7 @@ GPU_CASES = [
 
 @requires_cuda
 @pytest.mark.parametrize("case,dtype", GPU_CASES, ids=lambda v: str(v))
-def test_gpu_unet_shapes(case, dtype, poisoned):
+def test_gpu_unet_shapes(case, dtype, poisoned_outputs):
     check(case, dtype, "native")
 
 
@@ -384,13 +374,13 @@ def _scaled(case: Case) -> Case:
 
 
 @pytest.mark.parametrize("case,dtype", [(_scaled(c), d) for c, d in GPU_CASES], ids=lambda v: str(v))
-def test_unet_shapes_emulated(case, dtype, compiled_on_cpu, simt_emulation):
+def test_unet_shapes_emulated(case, dtype, native_on_cpu, simt_emulation):
     """The GPU cases scaled down, the CUDA kernels on the SIMT emulation with the default tile size."""
     check(case, dtype, "cpu")
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_emulated_kernels_match_cpu_build_bitwise(layout, compiled_on_cpu):
+def test_emulated_kernels_match_cpu_build_bitwise(layout, native_on_cpu):
     """The CPU loops walk the elements as the kernels do (same partials, same tree), so they agree bit for bit."""
     case = Case(op="gn", n=2, c=32, h=24, w=16, groups=8, form="merged_channel", act="silu", layout=layout)
     args = _op_args(case, make_inputs(case, torch.float32, seed=3))

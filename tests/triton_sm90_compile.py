@@ -89,11 +89,6 @@ def install():
 
     JITFunction.run = compile_only
 
-    bk = importlib.import_module("burstkern.backend")
-    available = bk.backend_available
-    bk.backend_available = lambda name, device_type, op=None: ((True, "compile-only") if name == "triton"
-                                                               else available(name, device_type, op))
-    bk._resolve_cache.clear()
     # the GPU launch configuration (tile sizes, split counts), not the interpreter's
     dct = importlib.import_module("burstkern.ops.deform_conv.triton")
     blocks, splits = dct._blocks, dct._weight_splits
@@ -170,7 +165,7 @@ def main(argv):
 
     families = [f for f in (deform_conv, sft, denoise) if not argv or f.__name__ in argv]
     install()
-    with burstkern.backend("triton"):
+    with burstkern.registry.testing.available("triton", "cpu", "compile-only"), burstkern.backend("triton"):
         for family in families:
             for dtype in (torch.float32, torch.float16, torch.bfloat16):
                 for layout in ("contiguous", "channels_last"):

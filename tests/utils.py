@@ -96,20 +96,23 @@ def parse_res_usage(text: str) -> dict:
     return kernels
 
 
-# The devices of the cuda-backend tests (tests/test_*_cuda.py): cpu runs the CPU build's loops, emu the CUDA
-# kernels on the SIMT emulation (conftest.simt_emulation), cuda the GPU.
+# The devices of the compiled-backend tests (tests/test_*_cuda.py): cpu runs the CPU kernels of burstkern._C, emu the
+# CUDA kernels on the SIMT emulation (conftest.simt_emulation), cuda the GPU.
 COMPILED_DEVICES = ["cpu", "emu", pytest.param("cuda", marks=requires_cuda)]
 
 
-def compiled_device(request, *cpu_fixtures: str) -> str:
-    """Body of a `dev` fixture parametrized by COMPILED_DEVICES: sets up the file's `compiled_on_cpu` (plus
-    cpu_fixtures) for cpu/emu, its `poisoned` for cuda, and returns the torch device type to put tensors on."""
+def compiled_device(request, *cpu_fixtures: str, every: tuple = ()) -> str:
+    """Body of a `dev` fixture parametrized by COMPILED_DEVICES: sets up conftest's native_on_cpu plus
+    ``cpu_fixtures`` (cpu/emu) or poisoned_outputs (cuda), the SIMT emulation for emu, and the file's ``every``
+    fixtures on each device; returns the torch device type to put tensors on."""
     if request.param in ("cpu", "emu"):
-        request.getfixturevalue("compiled_on_cpu")
+        request.getfixturevalue("native_on_cpu")
         if request.param == "emu":
             request.getfixturevalue("simt_emulation")
         for name in cpu_fixtures:
             request.getfixturevalue(name)
     else:
-        request.getfixturevalue("poisoned")
+        request.getfixturevalue("poisoned_outputs")
+    for name in every:
+        request.getfixturevalue(name)
     return "cpu" if request.param == "emu" else request.param
