@@ -1,4 +1,4 @@
-"""deform_conv2d benchmarks (GPU only; timing by benchmarks/harness.py).
+"""deform_conv2d benchmarks: GPU cases (timing by benchmarks/harness.py) and CPU cases (benchmarks/cpu_cases.py).
 
 Providers at the alignment shapes of DESIGN.md (K = 3; og = 8 and og = 1), fp32 / fp16 / bf16, forward and
 forward + backward, with peak memory of one call:
@@ -8,6 +8,13 @@ forward + backward, with peak memory of one call:
 * ``cudnn`` -- ``F.conv2d`` of the same shape (groups, dilation), the speed a deformable conv could approach.
 
     pytest benchmarks/bench_deform_conv.py --benchmark-only --benchmark-json=deform_conv.json
+
+CPU cases (``test_deform_conv2d_cpu``; on machines without a GPU, or with BURSTKERN_BENCH_CPU=1): the shapes of
+issue 11 (forward: N8 C64 48² og8, N4 C64 96² og8, N14 C48 48² og8 dilation 2, N1 C64 128² og1; forward +
+backward: N8 C64 48² og8), fp32 and bf16, at 1 thread and all cores, providers burstkern native / reference,
+torchvision, inductor of the reference, onnxruntime DeformConv, OpenVINO DeformableConvolution-8 and dense
+conv2d; every provider's numerics checked against torchvision in fp64 first. The interleaved paired-ratio
+protocol is ``python benchmarks/cpu_suite.py``.
 """
 
 from __future__ import annotations
@@ -16,12 +23,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import cpu_cases as C
+from cpu_harness import cpu_cases_enabled, measure_cpu, thread_counts
 from harness import forward_backward, measure, requires_gpu, with_backend
 
 from burstkern.registry import backend_available
 from burstkern.ops import deform_conv2d
 
-pytestmark = requires_gpu
+
+cpu_case = pytest.mark.skipif(not cpu_cases_enabled(), reason="CPU cases run on machines without a GPU "
+                              "(BURSTKERN_BENCH_CPU=1 runs them anyway)")
 
 # (N, C, H=W, weight groups, dilation, offset groups); 4 shapes x 3 dtypes x 4 providers x 2 modes = 96 cases
 SHAPES = [
@@ -80,6 +91,7 @@ def _traffic_and_work(shape, dtype, mode):
     return fwd_bytes + (x + x + off + m + w + x + off + m + w) * es, 3 * flops
 
 
+@requires_gpu
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
@@ -103,3 +115,25 @@ def test_deform_conv2d(benchmark, shape, dtype, provider, mode):
     nbytes, flops = _traffic_and_work(shape, dtype, mode)
     group = f"deform_conv2d N{n} C{c} {hw}x{hw} g{groups} d{dil} og{og} {str(dtype).replace('torch.', '')} {mode}"
     measure(benchmark, fn, _make_args(shape, dtype), group=group, provider=provider, nbytes=nbytes, flops=flops)
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU
+# ----------------------------------------------------------------------------------------------
+CPU_CASES = ([(s, False, p) for s in C.DCN_SHAPES for p in C.DCN_FWD_PROVIDERS]
+             + [(s, True, p) for s in C.DCN_BWD_SHAPES for p in C.DCN_BWD_PROVIDERS])
+
+
+def _cpu_id(case):
+    (n, c, hw, dil, og), bwd, provider = case
+    return f"{'fwd+bwd' if bwd else 'fwd'}-N{n}C{c}H{hw}d{dil}og{og}-{provider}"
+
+
+@cpu_case
+@pytest.mark.parametrize("threads", thread_counts(), ids=lambda t: f"{t}t")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", CPU_CASES, ids=_cpu_id)
+def test_deform_conv2d_cpu(benchmark, case, dtype, threads):
+    shape, bwd, provider = case
+    measure_cpu(benchmark, C.dcn_group(shape, bwd), provider, dtype, threads,
+                mem=bwd and threads == 1 and provider in C.DCN_MEM_PROVIDERS)

@@ -1,4 +1,4 @@
-"""Denoise-update benchmarks (GPU only; timing by benchmarks/harness.py).
+"""Denoise-update benchmarks: GPU cases (timing by benchmarks/harness.py) and CPU cases (cpu_cases.py).
 
 Each fused op against the eager reference composition (plain torch, one kernel per elementwise op) and against
 torch.compile of that composition, at image shapes of the E-BSRD pipeline, fp32 and bf16. For the ops that
@@ -7,6 +7,10 @@ the fused op draws it in-kernel. Then a 40-step EDM Heun loop with a trivial den
 dominate: eager reference vs fused vs fused replayed from a CUDA graph (launch overhead gone).
 
     pytest benchmarks/bench_denoise.py --benchmark-only --benchmark-json=denoise.json
+
+CPU cases (``test_denoise_cpu``; on machines without a GPU, or with BURSTKERN_BENCH_CPU=1): edm_heun_update at
+16x3x192² (issue 11), fp32 and bf16, 1 thread and all cores: eager composition, torch.compile of it, burstkern
+native / reference, and a copy of the same bytes (the memcpy floor; GB/s in extra_info).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import functools
 import pytest
 import torch
 
+import cpu_cases as C
+from cpu_harness import cpu_cases_enabled, measure_cpu, thread_counts
 from harness import measure, requires_gpu, with_backend
 from burstkern.registry import backend_available
 
@@ -24,7 +30,9 @@ from burstkern import ops
 from burstkern.models.samplers import edm_heun_sampler
 from burstkern.ops.denoise import reference as R
 
-pytestmark = requires_gpu
+
+cpu_case = pytest.mark.skipif(not cpu_cases_enabled(), reason="CPU cases run on machines without a GPU "
+                              "(BURSTKERN_BENCH_CPU=1 runs them anyway)")
 
 SHAPES = [(1, 3, 384, 384), (16, 3, 384, 384), (4, 3, 1024, 1024), (16, 4, 128, 128)]
 DTYPES = [torch.float32, torch.bfloat16]
@@ -106,6 +114,7 @@ def _make_args(name, shape, dtype):
     return make
 
 
+@requires_gpu
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -132,6 +141,7 @@ def _heun_loop(x_init):
     return edm_heun_sampler(_trivial_denoiser, x_init, num_steps=40, sigma_min=1e-8, sigma_max=0.03, start="early")
 
 
+@requires_gpu
 @pytest.mark.parametrize("provider", ["reference", "triton", "cuda", "triton+cudagraph", "cuda+cudagraph"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", [(1, 3, 384, 384), (16, 3, 384, 384)], ids=lambda s: "x".join(map(str, s)))
@@ -158,3 +168,15 @@ def test_heun_loop(benchmark, shape, dtype, provider):
         with torch.cuda.graph(graph):
             _heun_loop(static)
     measure(benchmark, lambda: graph.replay(), lambda: (), group=group, provider=provider)
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU
+# ----------------------------------------------------------------------------------------------
+@cpu_case
+@pytest.mark.parametrize("threads", thread_counts(), ids=lambda t: f"{t}t")
+@pytest.mark.parametrize("provider", C.DENOISE_PROVIDERS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", C.DENOISE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_denoise_cpu(benchmark, shape, dtype, provider, threads):
+    measure_cpu(benchmark, C.denoise_group(shape), provider, dtype, threads)

@@ -4,6 +4,11 @@ Providers (same weights, same input, one run): the reference backend eager, the 
 torch.compile (inductor) of the reference, each optionally replayed from a CUDA graph; plus a per-stage
 breakdown (encoder incl. alignment, initial SR head, one U-Net call, the consistency update) on the fastest
 available backend. fp32 and bf16.
+
+CPU cases (``test_one_step_cpu``; on machines without a GPU, or with BURSTKERN_BENCH_CPU=1): one step of
+EBSRD("tiny") and EBSRD("paper"), burst 1xTx4x48x48 -> 3x384x384, fp32, 1 thread and all cores, on the reference
+and native backends and torch.compile of the model on the reference backend; the per-stage breakdown (encoder,
+alignment, initial head, U-Net, denoise ops and glue) goes into extra_info["stages_ms"].
 """
 
 import pytest
@@ -12,9 +17,13 @@ import torch
 import burstkern
 from burstkern.registry import backend_available
 from burstkern.models import EBSRD
+import cpu_cases as C
+from cpu_harness import cpu_cases_enabled, measure_cpu, thread_counts
 from harness import measure, requires_gpu
 
-pytestmark = requires_gpu
+
+cpu_case = pytest.mark.skipif(not cpu_cases_enabled(), reason="CPU cases run on machines without a GPU "
+                              "(BURSTKERN_BENCH_CPU=1 runs them anyway)")
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _MODELS = {}
@@ -79,6 +88,7 @@ def graphed(fn, example):
 PROVIDERS = ["reference", "triton", "cuda", "compile"]
 
 
+@requires_gpu
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "cudagraph"])
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("dt", list(DTYPES))
@@ -95,6 +105,7 @@ def test_one_step(benchmark, dt, provider, graph):
                 provider=provider + ("+graph" if graph else ""))
 
 
+@requires_gpu
 @pytest.mark.parametrize("provider", ["reference", "triton", "cuda"])
 def test_teacher_40_steps(benchmark, provider):
     if provider != "reference" and not backend_ok(provider):
@@ -111,6 +122,7 @@ def test_teacher_40_steps(benchmark, provider):
 STAGES = ["encoder", "initial_sr", "unet", "cm_update"]
 
 
+@requires_gpu
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("dt", list(DTYPES))
 def test_stage(benchmark, dt, stage):
@@ -136,3 +148,14 @@ def test_stage(benchmark, dt, stage):
         with burstkern.backend(provider):
             return fn(*args)
     measure(benchmark, torch.no_grad()(run), make, group=f"ebsrd stages paper 384 {dt}", provider=f"{stage}[{provider}]")
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU
+# ----------------------------------------------------------------------------------------------
+@cpu_case
+@pytest.mark.parametrize("threads", thread_counts(), ids=lambda t: f"{t}t")
+@pytest.mark.parametrize("provider", C.E2E_PROVIDERS)
+@pytest.mark.parametrize("preset", list(C.E2E_PRESETS))
+def test_one_step_cpu(benchmark, preset, provider, threads):
+    measure_cpu(benchmark, C.e2e_group(preset), provider, torch.float32, threads)

@@ -1,4 +1,4 @@
-"""SFT feature-modulation benchmarks (GPU only; timing by benchmarks/harness.py).
+"""SFT feature-modulation benchmarks: GPU cases (timing by benchmarks/harness.py) and CPU cases (cpu_cases.py).
 
 Three uses, at U-Net levels of a 384² and a 256² image (N = 1, 4, 16; C = 64 ... 256), fp32 and bf16, forward
 and forward + backward:
@@ -18,6 +18,10 @@ Providers: ``triton`` / ``cuda`` (burstkern's kernels; ``cuda`` only when the ex
 x, gamma, beta -> out; backward adds dy, x, gamma, beta -> dx, dgamma, dbeta).
 
     pytest benchmarks/bench_sft.py --benchmark-only --benchmark-json=sft.json
+
+CPU cases (``test_sft_cpu``; on machines without a GPU, or with BURSTKERN_BENCH_CPU=1): sft_group_norm + SiLU
+at N2 C128 96² (issue 11), forward and forward + backward, fp32 and bf16, 1 thread and all cores: eager
+composition, torch.compile of it, burstkern native / reference, and a copy of the same bytes (the floor).
 """
 
 from __future__ import annotations
@@ -28,13 +32,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import cpu_cases as C
+from cpu_harness import cpu_cases_enabled, measure_cpu, thread_counts
 from harness import forward_backward, measure, requires_gpu, with_backend
 
 from burstkern.registry import backend_available
 from burstkern.ops import sft_group_norm, sft_modulate
 from burstkern.ops.sft import reference as R
 
-pytestmark = requires_gpu
+
+cpu_case = pytest.mark.skipif(not cpu_cases_enabled(), reason="CPU cases run on machines without a GPU "
+                              "(BURSTKERN_BENCH_CPU=1 runs them anyway)")
 
 # (use, (N, C, H = W), dtype): U-Net levels of a 384² image (64 channels at full size, 128 at 1/2, 256 below) and
 # of a 256² image; every case runs fwd and fwd+bwd
@@ -127,6 +135,7 @@ def _case_id(case):
     return f"{use}-N{n}C{c}_{hw}-{'fp32' if dtype == FP32 else 'bf16'}"
 
 
+@requires_gpu
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
@@ -137,3 +146,16 @@ def test_sft(benchmark, case, mode, provider):
     measure(benchmark, fn, _make_args(use, shape, dtype),
             group=f"{use} {mode} N{n} C{c} {hw}x{hw} {str(dtype).replace('torch.', '')}", provider=provider,
             nbytes=_nbytes(use, shape, dtype, mode))
+
+
+# ----------------------------------------------------------------------------------------------
+# CPU
+# ----------------------------------------------------------------------------------------------
+@cpu_case
+@pytest.mark.parametrize("threads", thread_counts(), ids=lambda t: f"{t}t")
+@pytest.mark.parametrize("provider", C.SFT_PROVIDERS)
+@pytest.mark.parametrize("dtype", [FP32, BF16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", C.SFT_SHAPES, ids=lambda s: f"N{s[0]}C{s[1]}_{s[2]}")
+def test_sft_cpu(benchmark, shape, mode, dtype, provider, threads):
+    measure_cpu(benchmark, C.sft_group(shape, mode == "fwd+bwd"), provider, dtype, threads)
