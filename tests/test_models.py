@@ -62,7 +62,7 @@ def test_seeded_runs_reproduce():
 
 def _swap_params():
     params = []
-    for name in ("triton", "cuda"):
+    for name in ("triton", "native"):
         ok = all(backend_available(name, "cuda" if torch.cuda.is_available() else "cpu", op)[0]
                  for op in ("deform_conv2d", "sft_group_norm", "cm_update", "add_noise"))
         params.append(pytest.param(name, marks=() if ok else pytest.mark.skip(reason=f"{name} cannot run every op")))
@@ -86,14 +86,14 @@ def test_same_weights_same_image_under_every_backend(name, dtype):
 
 @pytest.mark.skipif(_extension.cuda_extension_error() is not None, reason="needs burstkern._C")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_same_image_with_the_cuda_kernels_emulated(dtype, cuda_backend_on_cpu, simt_emulation):
-    """Without a GPU: the cuda backend on CPU tensors, its CUDA kernels on the SIMT emulation (conftest), through
+def test_same_image_with_the_cuda_kernels_emulated(dtype, native_on_cpu, simt_emulation):
+    """Without a GPU: the native backend on CPU tensors, its CUDA kernels on the SIMT emulation (conftest), through
     the whole one-step pipeline."""
     model, b = make_model(dtype=dtype), burst(dtype=dtype)
     with torch.no_grad():
         with burstkern.backend("reference"):
             ref = model.one_step(b, generator=gen(5, "cpu"))
-        with burstkern.backend("cuda"):
+        with burstkern.backend("native"):
             out = model.one_step(b, generator=gen(5, "cpu"))
     tol = 2e-5 if dtype == torch.float32 else 2e-2
     assert rel_err(out, ref) < tol

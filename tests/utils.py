@@ -37,7 +37,7 @@ def devices():
 def fused_backends(op: str, device: str):
     """The non-reference backends that can run ``op`` on ``device`` here (skips listed with their reason)."""
     params = []
-    for name in ("triton", "cuda"):
+    for name in ("triton", "native"):
         ok, why = backend_available(name, device, op)
         params.append(pytest.param(name, marks=() if ok else pytest.mark.skip(reason=why)))
     return params

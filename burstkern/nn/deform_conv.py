@@ -12,24 +12,48 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn import init
 from torch.nn.modules.utils import _pair
 
+from ..ops._common import ArgumentError
 from ..ops.deform_conv import deform_conv2d
+
+
+@torch.jit.unused
+def _eager(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Tuple[int, int],
+           padding: Tuple[int, int], dilation: Tuple[int, int], mask: Optional[Tensor]) -> Tensor:
+    return deform_conv2d(input, offset, weight, bias, stride=stride, padding=padding, dilation=dilation, mask=mask)
+
+
+def _deform(input: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Tuple[int, int],
+            padding: Tuple[int, int], dilation: Tuple[int, int], mask: Optional[Tensor]) -> Tensor:
+    """The public function in Python (argument checks, autocast); under ``torch.jit.script`` the op itself, which
+    resolves its kernel at run time like any call."""
+    if torch.jit.is_scripting():
+        return torch.ops.burstkern.deform_conv2d(input, offset, weight, bias, stride[0], stride[1], padding[0],
+                                                 padding[1], dilation[0], dilation[1], mask)
+    return _eager(input, offset, weight, bias, stride, padding, dilation, mask)
+
+
+def _kernel_pair(name: str, v, minimum: int) -> Tuple[int, int]:
+    p = _pair(v)
+    if len(p) != 2 or not all(isinstance(i, int) and not isinstance(i, bool) and i >= minimum for i in p):
+        raise ArgumentError(f"{name} must be an int or a pair of ints >= {minimum}, got {v!r}")
+    return (int(p[0]), int(p[1]))
 
 
 def _check_channels(in_channels: int, out_channels: int, groups: int) -> None:
     for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("groups", groups)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+            raise ArgumentError(f"{name} must be a positive int, got {v!r}")
     if in_channels % groups != 0:
-        raise ValueError(f"in_channels ({in_channels}) must be divisible by groups ({groups})")
+        raise ArgumentError(f"in_channels ({in_channels}) must be divisible by groups ({groups})")
     if out_channels % groups != 0:
-        raise ValueError(f"out_channels ({out_channels}) must be divisible by groups ({groups})")
+        raise ArgumentError(f"out_channels ({out_channels}) must be divisible by groups ({groups})")
 
 
 class DeformConv2d(nn.Module):
@@ -59,10 +83,10 @@ class DeformConv2d(nn.Module):
         _check_channels(in_channels, out_channels, groups)
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
-        self.dilation = _pair(dilation)
+        self.kernel_size = _kernel_pair("kernel_size", kernel_size, 1)
+        self.stride = _kernel_pair("stride", stride, 1)
+        self.padding = _kernel_pair("padding", padding, 0)
+        self.dilation = _kernel_pair("dilation", dilation, 1)
         self.groups = groups
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
         if bias:
@@ -80,8 +104,7 @@ class DeformConv2d(nn.Module):
             init.uniform_(self.bias, -bound, bound)
 
     def forward(self, input: Tensor, offset: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-        return deform_conv2d(input, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
-                             dilation=self.dilation, mask=mask)
+        return _deform(input, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
 
     def extra_repr(self) -> str:
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
@@ -129,14 +152,14 @@ class ModulatedDeformConv2d(nn.Module):
             deform_groups = deformable_groups
         _check_channels(in_channels, out_channels, groups)
         if not isinstance(deform_groups, int) or deform_groups < 1 or in_channels % deform_groups != 0:
-            raise ValueError(f"deform_groups must be a positive int dividing in_channels ({in_channels}), "
-                             f"got {deform_groups!r}")
+            raise ArgumentError(f"deform_groups must be a positive int dividing in_channels ({in_channels}), "
+                                f"got {deform_groups!r}")
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.kernel_size = _pair(kernel_size)
-        self.stride = _pair(stride)
-        self.padding = _pair(padding)
-        self.dilation = _pair(dilation)
+        self.kernel_size = _kernel_pair("kernel_size", kernel_size, 1)
+        self.stride = _kernel_pair("stride", stride, 1)
+        self.padding = _kernel_pair("padding", padding, 0)
+        self.dilation = _kernel_pair("dilation", dilation, 1)
         self.groups = groups
         self.deform_groups = deform_groups
         self.offset_warn_threshold = offset_warn_threshold
@@ -179,8 +202,7 @@ class ModulatedDeformConv2d(nn.Module):
             if absmean > self.offset_warn_threshold:
                 warnings.warn(f"Offset abs mean is {absmean}, larger than {self.offset_warn_threshold}.",
                               RuntimeWarning, stacklevel=2)
-        return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
-                             dilation=self.dilation, mask=mask)
+        return _deform(x, offset, self.weight, self.bias, self.stride, self.padding, self.dilation, mask)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):

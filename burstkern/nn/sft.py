@@ -16,20 +16,63 @@ The active burstkern backend decides which kernels run; the modules take no back
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops._common import ArgumentError, ArgumentTypeError
 from ..ops.sft import sft_group_norm, sft_modulate
+from ..ops.sft.op import parse_act
 
 __all__ = ["SFT", "SPADEGroupNorm", "ScaleShiftGroupNorm"]
 
 
 def _as(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-    """Parameters and predicted modulations in x's dtype (e.g. fp32 parameters with bf16 activations)."""
-    return t if t is None or t.dtype == dtype else t.to(dtype)
+    """Parameters in x's dtype (e.g. fp32 parameters with bf16 activations)."""
+    if t is None or t.dtype == dtype:
+        return t
+    return t.to(dtype)
+
+
+def _to(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """A predicted modulation in x's dtype."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+@torch.jit.unused
+def _modulate_eager(x: Tensor, gamma: Tensor, beta: Optional[Tensor], act: Optional[str]) -> Tensor:
+    return sft_modulate(x, gamma, beta, act=act)
+
+
+@torch.jit.unused
+def _group_norm_eager(x: Tensor, gamma: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
+                      eps: float, act: Optional[str]) -> Tensor:
+    return sft_group_norm(x, gamma, None, num_groups, weight, bias, eps, act=act)
+
+
+# Under torch.jit.script the modules call the ops themselves (which resolve their kernel at run time); in Python
+# the public functions, with their argument checks and autocast policy.
+def _modulate(x: Tensor, gamma: Tensor, beta: Optional[Tensor], act: Optional[str], code: int, slope: float) -> Tensor:
+    if torch.jit.is_scripting():
+        return torch.ops.burstkern.sft_modulate(x, gamma, beta, code, slope)
+    return _modulate_eager(x, gamma, beta, act)
+
+
+def _group_norm(x: Tensor, gamma: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
+                eps: float, act: Optional[str], code: int, slope: float) -> Tensor:
+    if torch.jit.is_scripting():
+        return torch.ops.burstkern.sft_group_norm(x, gamma, None, num_groups, weight, bias, eps, code, slope)[0]
+    return _group_norm_eager(x, gamma, num_groups, weight, bias, eps, act)
+
+
+def _check_x(module: str, x: Tensor, channels: int) -> None:
+    if not isinstance(x, Tensor):
+        raise ArgumentTypeError(f"{module}: x must be a tensor [N, {channels}, H, W], got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ArgumentError(f"{module}: x must be a 4-D tensor [N, {channels}, H, W] (the module's channels), got "
+                            f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}")
 
 
 class SFT(nn.Module):
@@ -57,20 +100,28 @@ class SFT(nn.Module):
                  act: Optional[str] = None):
         super().__init__()
         self.channels, self.cond_channels, self.act = channels, cond_channels, act
+        self._act_code, self._slope = parse_act(act)
         self.SFT_scale_conv0 = nn.Conv2d(cond_channels, hidden_channels, 1)
         self.SFT_scale_conv1 = nn.Conv2d(hidden_channels, channels, 1)
         self.SFT_shift_conv0 = nn.Conv2d(cond_channels, hidden_channels, 1)
         self.SFT_shift_conv1 = nn.Conv2d(hidden_channels, channels, 1)
 
-    def forward(self, x: Union[Tensor, Sequence[Tensor]], cond: Optional[Tensor] = None) -> Tensor:
-        if cond is None:
-            if not isinstance(x, (tuple, list)) or len(x) != 2:
-                raise TypeError("SFT.forward takes (x, cond) or one (x, cond) pair, got a single "
-                                f"{type(x).__name__}")
-            x, cond = x
-        scale = self.SFT_scale_conv1(F.leaky_relu(self.SFT_scale_conv0(cond), 0.1))
-        shift = self.SFT_shift_conv1(F.leaky_relu(self.SFT_shift_conv0(cond), 0.1))
-        return sft_modulate(x, _as(scale, x.dtype), _as(shift, x.dtype), act=self.act)
+    def forward(self, x: Union[Tensor, List[Tensor], Tuple[Tensor, Tensor]], cond: Optional[Tensor] = None) -> Tensor:
+        if isinstance(x, Tensor):
+            if cond is None:
+                raise ArgumentTypeError("SFT.forward takes (x, cond) or one (x, cond) pair, got a single Tensor")
+            feat, c = x, cond
+        elif isinstance(x, list):
+            if len(x) != 2 or cond is not None:
+                raise ArgumentTypeError("SFT.forward takes (x, cond) or one (x, cond) pair")
+            feat, c = x[0], x[1]
+        else:
+            if cond is not None:
+                raise ArgumentTypeError("SFT.forward takes (x, cond) or one (x, cond) pair")
+            feat, c = x[0], x[1]
+        scale = self.SFT_scale_conv1(F.leaky_relu(self.SFT_scale_conv0(c), 0.1))
+        shift = self.SFT_shift_conv1(F.leaky_relu(self.SFT_shift_conv0(c), 0.1))
+        return _modulate(feat, _to(scale, feat.dtype), _to(shift, feat.dtype), self.act, self._act_code, self._slope)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, cond_channels={self.cond_channels}, act={self.act!r}"
@@ -106,20 +157,26 @@ class SPADEGroupNorm(nn.Module):
                  affine: bool = False, eps: float = 1e-5, act: Optional[str] = None):
         super().__init__()
         self.channels, self.cond_channels, self.act = channels, cond_channels, act
+        self._act_code, self._slope = parse_act(act)
         self.param_free_norm = nn.GroupNorm(num_groups, channels, eps=eps, affine=affine)
         self.mlp_shared = nn.Sequential(nn.Conv2d(cond_channels, hidden_channels, 3, padding=1), nn.ReLU())
         self.mlp_gamma_beta = nn.Conv2d(hidden_channels, 2 * channels, 3, padding=1)
 
     def modulation(self, x: Tensor, cond: Tensor) -> Tensor:
         """The merged ``[N, 2C, H, W]`` gamma|beta for x (gamma first)."""
-        if tuple(cond.shape[-2:]) != tuple(x.shape[-2:]):
-            cond = F.interpolate(cond, size=tuple(x.shape[-2:]), mode="bicubic", align_corners=False)
+        if cond.shape[-2:] != x.shape[-2:]:
+            cond = F.interpolate(cond, size=[x.shape[-2], x.shape[-1]], mode="bicubic", align_corners=False)
         return self.mlp_gamma_beta(self.mlp_shared(cond))
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            _check_x("SPADEGroupNorm", x, self.channels)
+            if not isinstance(cond, Tensor) or cond.dim() != 4:
+                raise ArgumentError(f"SPADEGroupNorm: cond must be a 4-D tensor [N, {self.cond_channels}, h, w], got "
+                                    f"{tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__}")
         norm = self.param_free_norm
-        return sft_group_norm(x, _as(self.modulation(x, cond), x.dtype), None, norm.num_groups,
-                              _as(norm.weight, x.dtype), _as(norm.bias, x.dtype), norm.eps, act=self.act)
+        return _group_norm(x, _to(self.modulation(x, cond), x.dtype), norm.num_groups, _as(norm.weight, x.dtype),
+                           _as(norm.bias, x.dtype), norm.eps, self.act, self._act_code, self._slope)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # BSRD's SPADE keeps gamma and beta in two convs: concatenate them into the merged one
@@ -158,6 +215,7 @@ class ScaleShiftGroupNorm(nn.Module):
                  act: Optional[str] = "silu"):
         super().__init__()
         self.channels, self.act = channels, act
+        self._act_code, self._slope = parse_act(act)
         self.norm = nn.GroupNorm(num_groups, channels, eps=eps)
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * channels))
 
@@ -166,8 +224,8 @@ class ScaleShiftGroupNorm(nn.Module):
         if x.dim() == 3:
             scale_shift = scale_shift[..., 0]
         norm = self.norm
-        return sft_group_norm(x, _as(scale_shift, x.dtype), None, norm.num_groups, _as(norm.weight, x.dtype),
-                              _as(norm.bias, x.dtype), norm.eps, act=self.act)
+        return _group_norm(x, _to(scale_shift, x.dtype), norm.num_groups, _as(norm.weight, x.dtype),
+                           _as(norm.bias, x.dtype), norm.eps, self.act, self._act_code, self._slope)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, act={self.act!r}"

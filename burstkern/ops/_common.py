@@ -88,6 +88,15 @@ def empty_grad(ref: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # argument checks: every message names the argument, what it got and what was expected
 # ----------------------------------------------------------------------------------------------
+class ArgumentError(RuntimeError, ValueError):
+    """A bad argument to a burstkern op or module. A ``RuntimeError``, as torchvision raises for bad
+    ``deform_conv2d`` arguments (so code written for torchvision keeps catching it), and a ``ValueError``."""
+
+
+class ArgumentTypeError(ArgumentError, TypeError):
+    """A bad argument type or dtype: an :class:`ArgumentError` that is also a ``TypeError``."""
+
+
 def describe(t) -> str:
     if not isinstance(t, torch.Tensor):
         return f"{type(t).__name__}"
@@ -96,20 +105,20 @@ def describe(t) -> str:
 
 def check_tensor(name: str, t, *, ndim: Optional[int] = None, floating: bool = True) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        raise ArgumentTypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if ndim is not None and t.dim() != ndim:
-        raise ValueError(f"{name} must be a {ndim}-D tensor, got {describe(t)}")
+        raise ArgumentError(f"{name} must be a {ndim}-D tensor, got {describe(t)}")
     if floating and t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {describe(t)}")
+        raise ArgumentTypeError(f"{name} must be float32, float16, bfloat16 or float64, got {describe(t)}")
     return t
 
 
 def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor, *, dtype: bool = True) -> None:
     if t.device != ref.device:
-        raise RuntimeError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; "
+        raise ArgumentError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; "
                            f"expected all tensors on one device ({name}: {describe(t)})")
     if dtype and t.dtype != ref.dtype:
-        raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; expected the same dtype "
+        raise ArgumentTypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; expected the same dtype "
                         f"({name}: {describe(t)})")
 
 
@@ -119,4 +128,4 @@ def pair(name: str, v) -> tuple:
         return (v, v)
     if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v):
         return (int(v[0]), int(v[1]))
-    raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+    raise ArgumentTypeError(f"{name} must be an int or a pair of ints, got {v!r}")

@@ -84,55 +84,88 @@ FORWARD = define_op(OP, _signature, fake=_fake, reference=_reference_forward, se
 # ----------------------------------------------------------------------------------------------
 # public function
 # ----------------------------------------------------------------------------------------------
+def _tensor(name: str, t, ndim: int, what: str) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise C.ArgumentTypeError(f"{name} must be a torch.Tensor {what}, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise C.ArgumentError(f"{name} must be a {ndim}-D tensor {what}, got {C.describe(t)}")
+    return t
+
+
 def check_args(input, offset, weight, bias, stride, padding, dilation, mask):
-    """Validate ``deform_conv2d`` arguments; returns (stride, padding, dilation) as pairs."""
-    C.check_tensor("input", input, ndim=4)
-    C.check_tensor("offset", offset, ndim=4)
-    C.check_tensor("weight", weight, ndim=4)
-    C.check_same("offset", offset, "input", input)
-    C.check_same("weight", weight, "input", input)
+    """Validate ``deform_conv2d`` arguments in torchvision's order (shapes before dtypes), with torchvision's
+    wording first; returns (stride, padding, dilation) as pairs. Errors are :class:`~burstkern.ArgumentError`
+    (a ``RuntimeError``, as torchvision raises, and a ``ValueError``)."""
+    _tensor("input", input, 4, "[N, Cin, H, W]")
+    _tensor("offset", offset, 4, "[N, 2*offset_groups*kh*kw, Ho, Wo]")
+    _tensor("weight", weight, 4, "[Cout, Cin/groups, kh, kw]")
+    if mask is not None:
+        _tensor("mask", mask, 4, "[N, offset_groups*kh*kw, Ho, Wo]")
+    if bias is not None:
+        _tensor("bias", bias, 1, "[Cout]")
+    for name, t in (("offset", offset), ("weight", weight), ("mask", mask), ("bias", bias)):
+        if t is not None:
+            C.check_same(name, t, "input", input, dtype=False)
     stride, padding, dilation = C.pair("stride", stride), C.pair("padding", padding), C.pair("dilation", dilation)
-    if min(stride) < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    if min(padding) < 0:
-        raise ValueError(f"padding must be >= 0, got {padding}")
-    if min(dilation) < 1:
-        raise ValueError(f"dilation must be >= 1, got {dilation}")
     n, cin, h, w = input.shape
     cout, cin_g, kh, kw = weight.shape
+    k = kh * kw
+    if kh < 1 or kw < 1:
+        raise C.ArgumentError(f"weight_h: {kh} weight_w: {kw}: the kernel must be at least 1x1 (weight "
+                              f"{C.describe(weight)})")
+    if min(stride) < 1:
+        raise C.ArgumentError(f"stride_h: {stride[0]} stride_w: {stride[1]}: stride must be >= 1, got {stride}")
+    if min(padding) < 0:
+        raise C.ArgumentError(f"pad_h: {padding[0]} pad_w: {padding[1]}: padding must be >= 0, got {padding}")
+    if min(dilation) < 1:
+        raise C.ArgumentError(f"dilation_h: {dilation[0]} dilation_w: {dilation[1]}: dilation must be >= 1, got {dilation}")
+    og = offset.shape[1] // (2 * k)
+    if og == 0:
+        raise C.ArgumentError(
+            f"the shape of the offset tensor at dimension 1 is not valid. It should be a multiple of "
+            f"2 * weight.size[2] * weight.size[3]. Got offset.shape[1]={offset.shape[1]}, while "
+            f"2 * weight.size[2] * weight.size[3]={2 * k} (offset: {C.describe(offset)})")
     if cin_g < 1 or cin % cin_g != 0:
-        raise ValueError(f"weight has {cin_g} input channels per group, which does not divide input's {cin} "
-                         f"channels (input: {C.describe(input)}, weight: {C.describe(weight)})")
+        raise C.ArgumentError(f"weight has {cin_g} input channels per group, which does not divide input's {cin} "
+                              f"channels (input: {C.describe(input)}, weight: {C.describe(weight)})")
     groups = cin // cin_g
     if cout % groups != 0:
-        raise ValueError(f"weight's {cout} output channels are not divisible by the {groups} groups implied by "
-                         f"input ({cin} channels) and weight ({cin_g} per group)")
-    k = kh * kw
-    if offset.shape[1] == 0 or offset.shape[1] % (2 * k) != 0:
-        raise ValueError(f"offset must have 2*offset_groups*kh*kw = a multiple of {2 * k} channels, got "
-                         f"{C.describe(offset)}")
-    og = offset.shape[1] // (2 * k)
+        raise C.ArgumentError(f"weight's {cout} output channels are not divisible by the {groups} groups implied by "
+                              f"input ({cin} channels) and weight ({cin_g} per group)")
+    if offset.shape[1] != og * 2 * k:
+        raise C.ArgumentError(f"offset.shape[1] is not valid: got: {offset.shape[1]} expected: {og * 2 * k} "
+                              f"(2*offset_groups*kh*kw; offset: {C.describe(offset)})")
+    if mask is not None and mask.shape[1] != og * k:
+        raise C.ArgumentError(f"mask.shape[1] is not valid: got: {mask.shape[1]} expected: {og * k} "
+                              f"(offset_groups*kh*kw with {og} offset groups; mask: {C.describe(mask)})")
     if cin % og != 0:
-        raise ValueError(f"input's {cin} channels are not divisible by the {og} offset groups implied by offset "
-                         f"({C.describe(offset)})")
+        raise C.ArgumentError(f"input's {cin} channels are not divisible by the {og} offset groups implied by offset "
+                              f"({C.describe(offset)})")
     ho, wo = reference.output_size(h, w, kh, kw, stride, padding, dilation)
-    if ho < 1 or wo < 1:
-        raise ValueError(f"the output would be empty ({ho}x{wo}) for input {C.describe(input)}, kernel {kh}x{kw}, "
-                         f"stride {stride}, padding {padding}, dilation {dilation}")
-    if tuple(offset.shape) != (n, 2 * og * k, ho, wo):
-        raise ValueError(f"offset must have shape {(n, 2 * og * k, ho, wo)} (batch, 2*og*kh*kw, Ho, Wo), got "
-                         f"{C.describe(offset)}")
-    if bias is not None:
-        C.check_tensor("bias", bias, ndim=1)
-        C.check_same("bias", bias, "input", input)
-        if bias.shape[0] != cout:
-            raise ValueError(f"bias must have shape ({cout},), got {C.describe(bias)}")
+    if offset.shape[0] != n:
+        raise C.ArgumentError(f"invalid batch size of offset: got {offset.shape[0]}, expected input's {n} "
+                              f"(offset: {C.describe(offset)})")
+    if ho >= 1 and wo >= 1 and tuple(offset.shape[2:]) != (ho, wo):
+        raise C.ArgumentError(f"offset output dims: ({offset.shape[2]}, {offset.shape[3]}) - computed output dims: "
+                              f"({ho}, {wo}) (offset must be {(n, 2 * og * k, ho, wo)}, got {C.describe(offset)})")
     if mask is not None:
-        C.check_tensor("mask", mask, ndim=4)
-        C.check_same("mask", mask, "input", input)
-        if tuple(mask.shape) != (n, og * k, ho, wo):
-            raise ValueError(f"mask must have shape {(n, og * k, ho, wo)} (batch, og*kh*kw, Ho, Wo), got "
-                             f"{C.describe(mask)}")
+        if mask.shape[0] != n:
+            raise C.ArgumentError(f"invalid batch size of mask: got {mask.shape[0]}, expected input's {n} "
+                                  f"(mask: {C.describe(mask)})")
+        if ho >= 1 and wo >= 1 and tuple(mask.shape[2:]) != (ho, wo):
+            raise C.ArgumentError(f"mask output dims: ({mask.shape[2]}, {mask.shape[3]}) - computed output dims: "
+                                  f"({ho}, {wo}) (mask must be {(n, og * k, ho, wo)}, got {C.describe(mask)})")
+    if ho < 1 or wo < 1:
+        raise C.ArgumentError(f"Calculated output size too small - out_h: {ho} out_w: {wo}: the output would be empty (input "
+                              f"{C.describe(input)}, kernel {kh}x{kw}, stride {stride}, padding {padding}, "
+                              f"dilation {dilation})")
+    if bias is not None and bias.shape[0] != cout:
+        raise C.ArgumentError(f"bias must have shape ({cout},), got {C.describe(bias)}")
+    # dtypes last, as torchvision (whose kernels check them when they run)
+    C.check_tensor("input", input)
+    for name, t in (("offset", offset), ("weight", weight), ("mask", mask), ("bias", bias)):
+        if t is not None:
+            C.check_same(name, t, "input", input)
     return stride, padding, dilation
 
 

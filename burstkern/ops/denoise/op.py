@@ -307,7 +307,7 @@ LOSS = define_op(OP_LOSS, _loss_signature, autocast="fp32",
 def _check_x(name: str, x) -> Tensor:
     C.check_tensor(name, x)
     if x.dim() < 1:
-        raise ValueError(f"{name} must have a batch dimension ([N, ...], at least 1-D), got {C.describe(x)}")
+        raise C.ArgumentError(f"{name} must have a batch dimension ([N, ...], at least 1-D), got {C.describe(x)}")
     return x
 
 
@@ -315,7 +315,7 @@ def _check_like(name: str, t, ref_name: str, ref: Tensor) -> Tensor:
     C.check_tensor(name, t)
     C.check_same(name, t, ref_name, ref)
     if t.shape != ref.shape:
-        raise ValueError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {C.describe(t)}")
+        raise C.ArgumentError(f"{name} must have the shape of {ref_name} {tuple(ref.shape)}, got {C.describe(t)}")
     return t
 
 
@@ -324,35 +324,35 @@ def _check_sigma(name: str, sigma, x: Tensor) -> Tensor:
     if isinstance(sigma, numbers.Real) and not isinstance(sigma, bool):
         return torch.tensor(float(sigma), dtype=C.compute_dtype(x.dtype), device=x.device)
     if not isinstance(sigma, Tensor):
-        raise TypeError(f"{name} must be a tensor of shape [] or [N] (or a Python float), got "
+        raise C.ArgumentTypeError(f"{name} must be a tensor of shape [] or [N] (or a Python float), got "
                         f"{type(sigma).__name__}")
     if sigma.dtype not in C.FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a floating-point tensor, got {C.describe(sigma)}")
+        raise C.ArgumentTypeError(f"{name} must be a floating-point tensor, got {C.describe(sigma)}")
     if sigma.device != x.device:
-        raise RuntimeError(f"{name} is on {sigma.device} but x is on {x.device}; expected {name} on x's device "
+        raise C.ArgumentError(f"{name} is on {sigma.device} but x is on {x.device}; expected {name} on x's device "
                            f"({name}: {C.describe(sigma)})")
     if not (sigma.dim() == 0 or (sigma.dim() == 1 and sigma.shape[0] == x.shape[0])):
-        raise ValueError(f"{name} must have shape [] or [N] = [{x.shape[0]}] (one σ per sample of x "
+        raise C.ArgumentError(f"{name} must have shape [] or [N] = [{x.shape[0]}] (one σ per sample of x "
                          f"{tuple(x.shape)}), got {C.describe(sigma)}")
     return sigma
 
 
 def _check_float(name: str, v, *, positive: bool = False, nonneg: bool = False) -> float:
     if not isinstance(v, numbers.Real) or isinstance(v, bool):
-        raise TypeError(f"{name} must be a Python float, got {type(v).__name__}")
+        raise C.ArgumentTypeError(f"{name} must be a Python float, got {type(v).__name__}")
     v = float(v)
     if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {v}")
+        raise C.ArgumentError(f"{name} must be finite, got {v}")
     if positive and v <= 0:
-        raise ValueError(f"{name} must be > 0, got {v}")
+        raise C.ArgumentError(f"{name} must be > 0, got {v}")
     if nonneg and v < 0:
-        raise ValueError(f"{name} must be >= 0, got {v}")
+        raise C.ArgumentError(f"{name} must be >= 0, got {v}")
     return v
 
 
 def _check_mode(mode) -> str:
     if mode not in reference.MODES:
-        raise ValueError(f"mode must be 'edm' or 'cm', got {mode!r}")
+        raise C.ArgumentError(f"mode must be 'edm' or 'cm', got {mode!r}")
     return mode
 
 
@@ -360,13 +360,13 @@ def _noise_source(x: Tensor, noise, generator) -> Tuple[Optional[Tensor], Option
     """(noise, seed): the explicit noise checked, or a seed drawn from ``generator`` on x's device."""
     if noise is not None:
         if generator is not None:
-            raise ValueError("pass either noise= (explicit ε) or generator= (in-kernel noise), not both")
+            raise C.ArgumentError("pass either noise= (explicit ε) or generator= (in-kernel noise), not both")
         return _check_like("noise", noise, "x", x), None
     if generator is not None:
         if not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+            raise C.ArgumentTypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         if generator.device.type != x.device.type:
-            raise RuntimeError(f"generator is on {generator.device} but x is on {x.device}; expected a generator "
+            raise C.ArgumentError(f"generator is on {generator.device} but x is on {x.device}; expected a generator "
                                f"of x's device")
     return None, rng.draw_seed(x.device, generator)
 
@@ -421,12 +421,12 @@ def karras_schedule(num_steps: int, sigma_min: float, sigma_max: float, rho: flo
         torch.Size([41])
     """
     if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+        raise C.ArgumentError(f"num_steps must be an int >= 1, got {num_steps!r}")
     sigma_min = _check_float("sigma_min", sigma_min, positive=True)
     sigma_max = _check_float("sigma_max", sigma_max, positive=True)
     rho = _check_float("rho", rho, positive=True)
     if sigma_min > sigma_max:
-        raise ValueError(f"sigma_min ({sigma_min}) must be <= sigma_max ({sigma_max})")
+        raise C.ArgumentError(f"sigma_min ({sigma_min}) must be <= sigma_max ({sigma_max})")
     device = torch.device("cpu") if device is None else torch.device(device)
     return KARRAS(num_steps, sigma_min, sigma_max, rho, device)
 
@@ -456,7 +456,7 @@ def denoise_combine(x: Tensor, F: Tensor, sigma, sigma_data: float = 0.5, mode: 
     sigma = _check_sigma("sigma", sigma, x)
     mode = _check_mode(mode)
     if not isinstance(return_d, bool):
-        raise TypeError(f"return_d must be a bool, got {type(return_d).__name__}")
+        raise C.ArgumentTypeError(f"return_d must be a bool, got {type(return_d).__name__}")
     D, d = COMBINE(x, F, sigma, _check_float("sigma_data", sigma_data, positive=True),
                             _check_float("sigma_min", sigma_min, nonneg=True), mode, return_d)
     return (D, d) if return_d else D
@@ -575,7 +575,7 @@ def cm_update(x: Tensor, F: Tensor, sigma, sigma_min: float = 0.002, sigma_data:
         sigma_next = _check_sigma("sigma_next", sigma_next, x)
         noise, seed = _noise_source(x, noise, generator)
     elif noise is not None or generator is not None:
-        raise ValueError("noise= / generator= are only used when sigma_next is given (re-noising)")
+        raise C.ArgumentError("noise= / generator= are only used when sigma_next is given (re-noising)")
     return CM(x, F, sigma, sigma_min, sigma_data, sigma_next, clamp, noise, seed)
 
 

@@ -188,7 +188,7 @@ def parse_act(act) -> Tuple[int, float]:
     if act is None:
         return ACT_CODES[None], 0.0
     if not isinstance(act, str):
-        raise TypeError(f"act must be None or a string (\"silu\", \"relu\", \"leaky_relu\", \"leaky_relu(0.2)\"), "
+        raise C.ArgumentTypeError(f"act must be None or a string (\"silu\", \"relu\", \"leaky_relu\", \"leaky_relu(0.2)\"), "
                         f"got {type(act).__name__} {act!r}")
     s = act.strip().lower().replace(" ", "")
     if s in ("silu", "relu"):
@@ -202,7 +202,7 @@ def parse_act(act) -> Tuple[int, float]:
             slope = float("nan")
         if slope == slope and abs(slope) != float("inf"):
             return ACT_CODES["leaky_relu"], slope
-    raise ValueError(f"act must be None, \"silu\", \"relu\", \"leaky_relu\" (slope 0.01) or \"leaky_relu(<slope>)\" "
+    raise C.ArgumentError(f"act must be None, \"silu\", \"relu\", \"leaky_relu\" (slope 0.01) or \"leaky_relu(<slope>)\" "
                      f"with a finite slope, got {act!r}")
 
 
@@ -221,7 +221,7 @@ def _check_modulation(x: Tensor, gamma, beta) -> None:
         C.check_tensor("beta", beta, ndim=x.dim())
         C.check_same("beta", beta, "x", x)
         if beta.shape[0] != n or beta.shape[1] != c or tuple(beta.shape[2:]) not in (spatial, per_channel):
-            raise ValueError(f"beta must be {layout} = {(n, c) + spatial} or {(n, c) + per_channel} for x "
+            raise C.ArgumentError(f"beta must be {layout} = {(n, c) + spatial} or {(n, c) + per_channel} for x "
                              f"{C.describe(x)}, got {C.describe(beta)}")
         chans = (c,)
     else:
@@ -229,16 +229,16 @@ def _check_modulation(x: Tensor, gamma, beta) -> None:
     if gamma.shape[0] != n or gamma.shape[1] not in chans or tuple(gamma.shape[2:]) not in (spatial, per_channel):
         merged = (" (2C channels, the merged gamma|beta form, only when beta is None)" if beta is not None
                   else " or the merged [N, 2C, ...] gamma|beta form")
-        raise ValueError(f"gamma must be {layout} = {(n, c) + spatial} or {(n, c) + per_channel}{merged} for x "
+        raise C.ArgumentError(f"gamma must be {layout} = {(n, c) + spatial} or {(n, c) + per_channel}{merged} for x "
                          f"{C.describe(x)}, got {C.describe(gamma)}")
 
 
 def _check_x(x) -> None:
     C.check_tensor("x", x)
     if x.dim() not in (3, 4):
-        raise ValueError(f"x must be a 4-D [N, C, H, W] (or 3-D [N, C, L]) tensor, got {C.describe(x)}")
+        raise C.ArgumentError(f"x must be a 4-D [N, C, H, W] (or 3-D [N, C, L]) tensor, got {C.describe(x)}")
     if x.shape[1] == 0 or any(s == 0 for s in x.shape[2:]):
-        raise ValueError(f"x must have at least one channel and one spatial position, got {C.describe(x)}")
+        raise C.ArgumentError(f"x must have at least one channel and one spatial position, got {C.describe(x)}")
 
 
 def check_modulate_args(x, gamma, beta, act) -> Tuple[int, float]:
@@ -254,21 +254,21 @@ def check_group_norm_args(x, gamma, beta, num_groups, weight, bias, eps, act) ->
     _check_modulation(x, gamma, beta)
     c = x.shape[1]
     if not isinstance(num_groups, int) or isinstance(num_groups, bool):
-        raise TypeError(f"num_groups must be an int, got {type(num_groups).__name__} {num_groups!r}")
+        raise C.ArgumentTypeError(f"num_groups must be an int, got {type(num_groups).__name__} {num_groups!r}")
     if num_groups < 1 or c % num_groups != 0:
-        raise ValueError(f"num_groups must be a positive divisor of x's {c} channels, got {num_groups} "
+        raise C.ArgumentError(f"num_groups must be a positive divisor of x's {c} channels, got {num_groups} "
                          f"(x: {C.describe(x)})")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
             C.check_tensor(name, t, ndim=1)
             C.check_same(name, t, "x", x)
             if t.shape[0] != c:
-                raise ValueError(f"{name} must have shape ({c},) (one per channel of x {C.describe(x)}), got "
+                raise C.ArgumentError(f"{name} must have shape ({c},) (one per channel of x {C.describe(x)}), got "
                                  f"{C.describe(t)}")
     if not isinstance(eps, Real) or isinstance(eps, bool):
-        raise TypeError(f"eps must be a float, got {type(eps).__name__} {eps!r}")
+        raise C.ArgumentTypeError(f"eps must be a float, got {type(eps).__name__} {eps!r}")
     if not eps >= 0 or eps == float("inf"):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        raise C.ArgumentError(f"eps must be a finite number >= 0, got {eps!r}")
     return parse_act(act)
 
 
