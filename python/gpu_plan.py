@@ -196,10 +196,15 @@ def full_units(data: dict | None = None) -> tuple:
             return fb["compile_case_s"] if "compile" in i else fb["case_s"]
         total = sum(cost(i) for i in its)
         m = max(1, math.ceil(total / fb["chunk_s"]))
-        for k in range(m):
-            chunk = its[k::m]
+        chunks, load = [[] for _ in range(m)], [0.0] * m
+        for i in sorted(its, key=lambda i: (-cost(i), i)):  # costliest first into the lightest chunk
+            j = min(range(m), key=lambda j: (load[j], j))
+            chunks[j].append(i)
+            load[j] += cost(i)
+        for k, chunk in enumerate(chunks):
+            chunk = [i for i in its if i in set(chunk)]  # collection order within a chunk
             units.append({"kind": "bench", "target": f"{path}#{k + 1}/{m}", "n": len(chunk),
-                          "est_s": round(sum(cost(i) for i in chunk), 1), "ids": chunk})
+                          "est_s": round(load[k], 1), "ids": chunk})
     units.append({"kind": "ncu", "target": "python/gpu_ncu.py", "n": 1, "est_s": f["ncu"]["seconds"]})
     return units, problems
 
@@ -301,12 +306,10 @@ def main(argv=None) -> int:
         return 0
     if args.json:
         print(json.dumps(plan, indent=1, default=str))
-    elif args.mode == "quick":
-        _print_quick(plan)
     else:
-        _print_full(plan)
-    for pr in plan["problems"]:
-        print(f"PROBLEM: {pr}")
+        (_print_quick if args.mode == "quick" else _print_full)(plan)
+        for pr in plan["problems"]:
+            print(f"PROBLEM: {pr}")
     return 1 if (args.check and plan["problems"]) else 0
 
 

@@ -101,6 +101,36 @@ def parse_junit(path) -> dict | None:
     return res
 
 
+def parse_jsonl(path, benchmarks=False) -> dict | None:
+    """tests.jsonl (python/gpu_pytest_log.py): the same counts as parse_junit, for a run cut off before pytest
+    wrote its XML. benchmarks: only the benchmarks/ node ids, else everything else."""
+    if not os.path.exists(path):
+        return None
+    res = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "failures": [], "seconds": 0.0, "skip_reasons": {},
+           "source": "tests.jsonl"}
+    for ln in open(path, errors="replace"):
+        try:
+            r = json.loads(ln)
+        except ValueError:
+            continue
+        if r.get("nodeid", "").startswith("benchmarks/") != benchmarks:
+            continue
+        res["seconds"] += r.get("duration", 0)
+        out, when = r.get("outcome"), r.get("when")
+        if out == "failed":
+            res["failed" if when == "call" else "errors"] += 1
+            res["failures"].append({"id": r["nodeid"], "kind": "failure" if when == "call" else "error",
+                                    "message": r.get("message", "")})
+        elif out == "skipped":
+            res["skipped"] += 1
+            why = r.get("message", "")[:160]
+            res["skip_reasons"][why] = res["skip_reasons"].get(why, 0) + 1
+        elif when == "call":
+            res["passed"] += 1
+    res["seconds"] = round(res["seconds"], 1)
+    return res if res["passed"] + res["failed"] + res["errors"] + res["skipped"] else None
+
+
 def parse_sanitizer(path) -> dict | None:
     if not os.path.exists(path):
         return None
@@ -141,8 +171,29 @@ def bench_rows(doc) -> list:
     return out
 
 
-def parse_bench(path) -> dict | None:
+def _pytest_benchmark_rows(benchmarks) -> list:
+    """pytest-benchmark records (benchmarks/harness.py puts its numbers in extra_info) as gpu_bench.py rows."""
+    rows = []
+    for b in benchmarks:
+        info = dict(b.get("extra_info") or {})
+        info.setdefault("provider", info.get("provider", "?"))
+        info["id"] = b.get("fullname") or b.get("name")
+        info["group"] = b.get("group") or info["id"]
+        rows.append(info)
+    return rows
+
+
+def parse_bench(path, jsonl=None) -> dict | None:
     doc = _load(path, None)
+    if doc is not None and "benchmarks" in doc:  # pytest-benchmark's JSON (--full)
+        doc = {"results": _pytest_benchmark_rows(doc["benchmarks"]), "ceilings": doc.get("machine_info", {})
+               .get("ceilings"), "machine": doc.get("machine_info"), "finished": True}
+    if doc is None and jsonl and os.path.exists(jsonl):  # --full cut off before pytest-benchmark wrote its JSON
+        recs = [json.loads(ln) for ln in open(jsonl, errors="replace") if '"extra_info"' in ln]
+        if not recs:
+            return None
+        doc = {"results": [dict(r["extra_info"], id=r["nodeid"], group=r["extra_info"].get("group", r["nodeid"]))
+                           for r in recs]}
     if doc is None:
         return None
     rows = bench_rows(doc)
@@ -183,6 +234,9 @@ def verdict(res) -> tuple[bool, list]:
     b = res.get("bench")
     if b:
         problems += [f"benchmark failed: {i}" for i in b.get("failed", [])]
+    bt = res.get("bench_tests")
+    if bt:
+        problems += [f"benchmark {f['id']}: {f['message']}" for f in bt.get("failures", [])]
     return not problems, problems
 
 
@@ -254,9 +308,16 @@ def collect(out_dir, mode=None, part=None) -> dict:
     if part:
         res["part"] = part
     res.setdefault("stages", [])
-    for key, fn, name in [("tests", parse_junit, "tests.xml"), ("sanitizer", parse_sanitizer, "sanitizer.txt"),
-                          ("bench", parse_bench, "bench.json"), ("build", parse_build, "build.log")]:
-        v = fn(os.path.join(out_dir, name))
+    jsonl = os.path.join(out_dir, "tests.jsonl")
+    tests = parse_junit(os.path.join(out_dir, "tests.xml")) or parse_jsonl(jsonl)
+    if tests is not None:
+        res["tests"] = tests
+    bench_tests = parse_jsonl(jsonl, benchmarks=True)  # --full: failed / skipped benchmark cases
+    if bench_tests is not None:
+        res["bench_tests"] = bench_tests
+    for key, v in [("sanitizer", parse_sanitizer(os.path.join(out_dir, "sanitizer.txt"))),
+                   ("bench", parse_bench(os.path.join(out_dir, "bench.json"), jsonl)),
+                   ("build", parse_build(os.path.join(out_dir, "build.log")))]:
         if v is not None:
             res[key] = v
     ncu = os.path.join(out_dir, "ncu.csv")
