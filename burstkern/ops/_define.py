@@ -18,6 +18,7 @@ from .. import profiling as _profiling
 from .. import registry as _registry
 
 AUTOCAST_POLICIES = ("lower", "fp32")
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")
 
 
 def first_float(args) -> Tuple[torch.device, Optional[torch.dtype]]:
@@ -58,7 +59,9 @@ class Op:
         updates); otherwise unchanged. Public functions call it before their checks, so mixed-dtype calls from an
         autocast region (bf16 activations, fp32 parameters) reach the kernels in one dtype."""
         ref = next((t for t in tensors if isinstance(t, torch.Tensor)), None)
-        if self.autocast is None or ref is None or not torch.is_autocast_enabled(ref.device.type):
+        if self.autocast is None or ref is None or ref.device.type not in _AUTOCAST_DEVICES:
+            return tensors  # meta and other devices have no autocast state
+        if not torch.is_autocast_enabled(ref.device.type):
             return tensors
         dt = torch.float32 if self.autocast == "fp32" else torch.get_autocast_dtype(ref.device.type)
         return tuple(t.to(dt) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
