@@ -481,6 +481,17 @@ def _save_images(folder: str, name: str, method: str, steps: int, img: Tensor, m
         base + "_srgb.png")
 
 
+def _worker_message(e: Exception) -> str:
+    """The one-line message of a loading error, also when it was re-raised from a DataLoader worker (whose
+    message is a traceback: its last line is the original ``module.Error: message``)."""
+    msg = str(e)
+    if "Original Traceback" in msg:
+        last = [ln for ln in msg.strip().splitlines() if ln.strip()][-1]
+        head, sep, tail = last.partition(": ")
+        return tail if sep and "Error" in head else last
+    return msg.splitlines()[0] if msg else type(e).__name__
+
+
 def _collate(items):
     return {"burst": torch.stack([i["burst"] for i in items]), "gt": torch.stack([i["gt"] for i in items]),
             "meta": [i["meta"] for i in items]}
@@ -500,6 +511,8 @@ def run(args, file=None) -> List[dict]:
         raise EvalError(f"--steps must be an int >= 1, got {args.steps!r}")
     if args.batch_size < 1:
         raise EvalError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 0:
+        raise EvalError(f"--workers must be >= 0, got {args.workers}")
     if args.border < 0:
         raise EvalError(f"--border must be >= 0, got {args.border}")
     try:
@@ -577,12 +590,15 @@ def run(args, file=None) -> List[dict]:
         with ctx, torch.no_grad():
             backend_name = burstkern.get_backend()
             warmed = set()
-            for blk in blocks:
-                idx = list(range(blk * b, min((blk + 1) * b, n_total)))
+            index_lists = [list(range(blk * b, min((blk + 1) * b, n_total))) for blk in blocks]
+            loader = torch.utils.data.DataLoader(ds, batch_sampler=index_lists, collate_fn=_collate,
+                                                 num_workers=args.workers)
+            batches = iter(loader)
+            for blk, idx in zip(blocks, index_lists):
                 try:
-                    batch = _collate([ds[i] for i in idx])
-                except ValueError as e:   # BenchmarkDataError: a missing / corrupt file, naming it
-                    raise EvalError(str(e)) from None
+                    batch = next(batches)
+                except (ValueError, RuntimeError) as e:   # BenchmarkDataError: a missing / corrupt file, naming it
+                    raise EvalError(_worker_message(e)) from None
                 burst = batch["burst"].to(device)
                 gt = batch["gt"].to(device)
                 for m in methods:
@@ -674,6 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="bursts per model call (bounds memory)")
     p.add_argument("--limit", type=int, default=None, help="only the first N bursts")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader processes decoding the next bursts")
     p.add_argument("--backend", default=None, help="burstkern backend (default: the active one)")
     p.add_argument("--seed", type=int, default=0, help="sampling-noise seed")
     p.add_argument("--csv", default=None, help="per-burst rows (default: burstkern_eval_<format>.csv); resumed")

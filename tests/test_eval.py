@@ -155,13 +155,15 @@ def test_eval_errors_are_one_line_exit_2(tmp_path, capsys, argv, needle):
     assert "Traceback" not in err
 
 
-def test_eval_missing_frame_names_the_path(tmp_path, capsys, checkpoint):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_eval_missing_frame_names_the_path(tmp_path, capsys, checkpoint, workers):
     data = tmp_path / "synval"
     synthetic_val_fixture(str(data), n_bursts=1, h=12, w=12)
     os.remove(data / "bursts" / "0000" / "im_raw_02.png")
     rc, _, err = run_eval(capsys, "--data", str(data), "--checkpoint", checkpoint, "--csv", str(tmp_path / "m.csv"),
-                          "--method", "initial")
+                          "--method", "initial", "--workers", str(workers))
     assert rc == 2 and str(data / "bursts" / "0000" / "im_raw_02.png") in err and "Traceback" not in err
+    assert len([ln for ln in err.strip().splitlines() if ln.startswith("burstkern eval")]) == 1
 
 
 def test_mean_ci_and_summary():
