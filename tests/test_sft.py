@@ -607,3 +607,18 @@ GPU_CASES = [
 @pytest.mark.parametrize("case,dtype", GPU_CASES, ids=lambda v: str(v))
 def test_fused_gpu_shapes(case, dtype, backend, poisoned_outputs):
     check_parity(case, dtype, backend, device="cuda")
+
+
+@pytest.mark.skipif(sft_triton is None, reason="Triton is not importable")
+@pytest.mark.parametrize("n, c, groups", [(4096, 128, 32), (70000, 64, 32), (1, 4096, 32)])
+def test_triton_launch_grids_fit_cuda_limits(n, c, groups):
+    """Grid axes 1 and 2 stop at 65535 on CUDA: N (or N*G rows of statistics) must never land there."""
+    for hw, cl in ((96 * 96, False), (7, True)):
+        bc, bhw = sft_triton._blocks(c, hw, cl)
+        grid, nb = sft_triton.tile_grid(n, c, hw, bc, bhw)
+        assert grid[0] < 2 ** 31 and max(grid[1:]) <= 65535, grid
+        assert grid[0] == n * nb and nb * bhw >= hw
+        rows = n * groups
+        chunk, nchunk = sft_triton._stat_chunks(rows, hw, bhw)
+        sgrid = sft_triton.stats_grid(rows, nchunk)
+        assert len(sgrid) == 1 and sgrid[0] < 2 ** 31 and sgrid[0] == rows * nchunk

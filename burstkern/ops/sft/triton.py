@@ -104,17 +104,25 @@ def _load_mod(p, n, c, hw, sn, sc, shw, c_mask, m, ACC: tl.constexpr, SPATIAL: t
     return v
 
 
+@triton.jit
+def _sample_and_tile(NB):
+    """(sample n, spatial tile) of this program: both on grid axis 0 (limit 2^31 - 1), so any batch size launches
+    (axes 1 and 2 stop at 65535, which N or N*G can pass: N = 4096, G = 32)."""
+    pid = tl.program_id(0)
+    return (pid // NB).to(tl.int64), pid % NB
+
+
 # ----------------------------------------------------------------------------------------------
 # sft_modulate
 # ----------------------------------------------------------------------------------------------
 @triton.jit
-def _sft_modulate_fwd_kernel(x_ptr, g_ptr, b_ptr, out_ptr, C, HW,
+def _sft_modulate_fwd_kernel(x_ptr, g_ptr, b_ptr, out_ptr, C, HW, NB,
                              sxn, sxc, sxhw, sgn, sgc, sghw, sbn, sbc, sbhw, son, soc, sohw, slope,
                              HAS_BETA: tl.constexpr, G_SPATIAL: tl.constexpr, B_SPATIAL: tl.constexpr,
                              ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    n = tl.program_id(2).to(tl.int64)
+    n, pid_hw = _sample_and_tile(NB)
     c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
-    hw = tl.program_id(0).to(tl.int64) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    hw = pid_hw.to(tl.int64) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     c_mask = c < C
     m = c_mask[:, None] & (hw < HW)[None, :]
     x = tl.load(x_ptr + n * sxn + c[:, None] * sxc + hw[None, :] * sxhw, mask=m, other=0.0).to(ACC)
@@ -127,13 +135,12 @@ def _sft_modulate_fwd_kernel(x_ptr, g_ptr, b_ptr, out_ptr, C, HW,
 
 
 @triton.jit
-def _sft_modulate_bwd_kernel(dy_ptr, x_ptr, g_ptr, b_ptr, dx_ptr, dg_ptr, db_ptr, part_ptr, C, HW, NB,
+def _sft_modulate_bwd_kernel(dy_ptr, x_ptr, g_ptr, b_ptr, dx_ptr, dg_ptr, db_ptr, part_ptr, N, C, HW, NB,
                              sdn, sdc, sdhw, sxn, sxc, sxhw, sgn, sgc, sghw, sbn, sbc, sbhw,
                              son, soc, sohw, sgon, sgoc, sgohw, sbon, sboc, sbohw, slope,
                              HAS_BETA: tl.constexpr, G_SPATIAL: tl.constexpr, B_SPATIAL: tl.constexpr,
                              ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    pid_hw = tl.program_id(0)
-    n = tl.program_id(2).to(tl.int64)
+    n, pid_hw = _sample_and_tile(NB)
     c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
     hw = pid_hw.to(tl.int64) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     c_mask = c < C
@@ -158,7 +165,7 @@ def _sft_modulate_bwd_kernel(dy_ptr, x_ptr, g_ptr, b_ptr, dx_ptr, dg_ptr, db_ptr
             tl.store(db_ptr + n * sbon + c[:, None] * sboc + hw[None, :] * sbohw, du.to(db_ptr.dtype.element_ty),
                      mask=m)
         else:
-            tl.store(part_ptr + tl.num_programs(2).to(tl.int64) * C * NB + prow, tl.sum(du, axis=1), mask=c_mask)
+            tl.store(part_ptr + N.to(tl.int64) * C * NB + prow, tl.sum(du, axis=1), mask=c_mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,8 +179,9 @@ def _sft_group_norm_stats_kernel(x_ptr, part_ptr, C, HW, Cg, G, CHUNK, NCHUNK, P
     groups g0 .. g0+GB-1 of this program. GB > 1 (channels_last): one tile spans several whole groups, so a
     pixel's channels are read together (a lone group of 4 bf16 channels would use 8 bytes of each 32-byte
     sector); the per-group sums of a tile come from its per-channel row sums through a one-hot [GB, BLOCK_C]."""
-    chunk = tl.program_id(0)
-    row_id = tl.program_id(1)
+    pid = tl.program_id(0)  # one axis: rows x chunks can pass CUDA's 65535 limit of the others
+    chunk = pid % NCHUNK
+    row_id = pid // NCHUNK
     gpn = tl.cdiv(G, GB)
     n = (row_id // gpn).to(tl.int64)
     g0 = (row_id % gpn) * GB
@@ -236,18 +244,17 @@ def _group_stats_of_channels(part_ptr, n, c, c_mask, Cg, G, NCHUNK, NGN, eps,
 
 @triton.jit
 def _sft_group_norm_fwd_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, part_ptr, out_ptr, mean_ptr, rstd_ptr,
-                               C, HW, Cg, G, NCHUNK, eps, sxn, sxc, sxhw, sgn, sgc, sghw, sbn, sbc, sbhw,
+                               N, C, HW, Cg, G, NB, NCHUNK, eps, sxn, sxc, sxhw, sgn, sgc, sghw, sbn, sbc, sbhw,
                                son, soc, sohw, slope,
                                HAS_BETA: tl.constexpr, G_SPATIAL: tl.constexpr, B_SPATIAL: tl.constexpr,
                                HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
                                CHUNKS_P2: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    pid_hw = tl.program_id(0)
-    n = tl.program_id(2).to(tl.int64)
+    n, pid_hw = _sample_and_tile(NB)
     c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
     hw = pid_hw.to(tl.int64) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     c_mask = c < C
     m = c_mask[:, None] & (hw < HW)[None, :]
-    mean, rstd = _group_stats_of_channels(part_ptr, n, c, c_mask, Cg, G, NCHUNK, tl.num_programs(2) * G, eps,
+    mean, rstd = _group_stats_of_channels(part_ptr, n, c, c_mask, Cg, G, NCHUNK, N * G, eps,
                                           ACC, CHUNKS_P2)
     if pid_hw == 0:
         # one writer per (n, group): the tile holding the group's first channel
@@ -272,7 +279,7 @@ def _sft_group_norm_fwd_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, part_ptr, o
 
 @triton.jit
 def _sft_group_norm_bwd_kernel(dy_ptr, x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mean_ptr, rstd_ptr, coef_ptr,
-                               dx_ptr, dg_ptr, db_ptr, part_ptr, C, HW, Cg, G, NB,
+                               dx_ptr, dg_ptr, db_ptr, part_ptr, N, C, HW, Cg, G, NB,
                                sdn, sdc, sdhw, sxn, sxc, sxhw, sgn, sgc, sghw, sbn, sbc, sbhw,
                                son, soc, sohw, sgon, sgoc, sgohw, sbon, sboc, sbohw, slope,
                                STAGE: tl.constexpr, HAS_BETA: tl.constexpr, G_SPATIAL: tl.constexpr,
@@ -281,8 +288,7 @@ def _sft_group_norm_bwd_kernel(dy_ptr, x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mea
     """STAGE 1: spatial dgamma/dbeta + partial sums part[k, n, c, tile] of
     k=0: dh*xhat, k=1: dh (dh = d(GroupNorm output)), k=2: du*h (per-channel dgamma), k=3: du (per-channel dbeta).
     STAGE 2: dx = rstd * (w*dh - coef1 - xhat*coef2), coef[0|1, n, g] from the reduced stage-1 sums."""
-    pid_hw = tl.program_id(0)
-    n = tl.program_id(2).to(tl.int64)
+    n, pid_hw = _sample_and_tile(NB)
     c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
     hw = pid_hw.to(tl.int64) * BLOCK_HW + tl.arange(0, BLOCK_HW)
     c_mask = c < C
@@ -307,7 +313,7 @@ def _sft_group_norm_bwd_kernel(dy_ptr, x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mea
     du = tl.where(m, _act_grad(u, dy, ACT, slope), 0.0)
     dh = du * g1
     if STAGE == 1:
-        plane = tl.num_programs(2).to(tl.int64) * C * NB
+        plane = N.to(tl.int64) * C * NB
         prow = (n * C + c) * NB + pid_hw
         tl.store(part_ptr + prow, tl.sum(dh * xhat, axis=1), mask=c_mask)
         tl.store(part_ptr + plane + prow, tl.sum(dh, axis=1), mask=c_mask)
@@ -323,7 +329,7 @@ def _sft_group_norm_bwd_kernel(dy_ptr, x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mea
             else:
                 tl.store(part_ptr + 3 * plane + prow, tl.sum(du, axis=1), mask=c_mask)
     else:
-        ngroups = tl.num_programs(2).to(tl.int64) * G
+        ngroups = N.to(tl.int64) * G
         c1 = tl.load(coef_ptr + grp, mask=c_mask, other=0.0)
         c2 = tl.load(coef_ptr + ngroups + grp, mask=c_mask, other=0.0)
         dx = rstd[:, None] * (dh * w[:, None] - c1[:, None] - xhat * c2[:, None])
@@ -458,6 +464,27 @@ def _strides(t):
     return (t.stride(0), t.stride(1), t.stride(3)) if t is not None else (0, 0, 0)
 
 
+MAX_GRID_YZ = 65535  # CUDA's limit on grid axes 1 and 2 (axis 0: 2^31 - 1)
+
+
+def tile_grid(n: int, c: int, hw: int, bc: int, bhw: int):
+    """(grid, spatial tiles per sample) of the element kernels: samples x spatial tiles on axis 0, channel blocks on
+    axis 1, so the launch fits CUDA's limits for any batch size."""
+    nb = triton.cdiv(hw, bhw)
+    grid = (n * nb, triton.cdiv(c, bc), 1)
+    if grid[0] >= 2 ** 31 or grid[1] > MAX_GRID_YZ:
+        raise C.ArgumentError(f"sft: the launch grid {grid} passes CUDA's limits (x: N={n}, C={c}, H*W={hw})")
+    return grid, nb
+
+
+def stats_grid(rows: int, nchunk: int):
+    """The GroupNorm statistics kernel's grid: one axis of (row of groups) x chunk programs."""
+    grid = (rows * nchunk,)
+    if grid[0] >= 2 ** 31:
+        raise C.ArgumentError(f"sft_group_norm: {rows} x {nchunk} statistics programs pass CUDA's grid limit")
+    return grid
+
+
 def sft_modulate_forward(x, gamma, beta, act: int, slope: float):
     """``act(x * (1 + gamma) + beta)``; shapes as ``burstkern.ops.sft_modulate`` (4-D)."""
     n, c, h, w = x.shape
@@ -469,8 +496,8 @@ def sft_modulate_forward(x, gamma, beta, act: int, slope: float):
     xf, xs = _flat(x, fmt)
     mod = _Mod(x, gamma, beta, fmt)
     bc, bhw = _blocks(c, hw, fmt == torch.channels_last)
-    grid = (triton.cdiv(hw, bhw), triton.cdiv(c, bc), n)
-    _sft_modulate_fwd_kernel[grid](xf, mod.g, mod.b, out, c, hw, *xs, *mod.gs, *mod.bs, *_strides(out), slope,
+    grid, nb = tile_grid(n, c, hw, bc, bhw)
+    _sft_modulate_fwd_kernel[grid](xf, mod.g, mod.b, out, c, hw, nb, *xs, *mod.gs, *mod.bs, *_strides(out), slope,
                                    HAS_BETA=mod.has_beta, G_SPATIAL=mod.g_spatial, B_SPATIAL=mod.b_spatial,
                                    ACT=act, ACC=_acc(x.dtype), BLOCK_C=bc, BLOCK_HW=bhw,
                                    num_warps=_warps(bc, bhw))
@@ -496,12 +523,11 @@ def sft_modulate_backward(grad, x, gamma, beta, act: int, slope: float):
     gf, gs = _flat(grad, fmt)
     mod = _Mod(x, gamma, beta, fmt)
     bc, bhw = _blocks(c, hw, fmt == torch.channels_last)
-    nb = triton.cdiv(hw, bhw)
+    grid, nb = tile_grid(n, c, hw, bc, bhw)
     need_part = (not mod.g_spatial) or (mod.has_beta and not mod.b_spatial)
     cd = C.compute_dtype(x.dtype)
     part = _new((2, n, c, nb), dtype=cd, device=x.device) if need_part else dx
-    grid = (nb, triton.cdiv(c, bc), n)
-    _sft_modulate_bwd_kernel[grid](gf, xf, mod.g, mod.b, dx, dgv, dgv if dbv is None else dbv, part, c, hw, nb,
+    _sft_modulate_bwd_kernel[grid](gf, xf, mod.g, mod.b, dx, dgv, dgv if dbv is None else dbv, part, n, c, hw, nb,
                                    *gs, *xs, *mod.gs, *mod.bs, *_strides(dx), *_strides(dgv), *_strides(dbv),
                                    slope, HAS_BETA=mod.has_beta, G_SPATIAL=mod.g_spatial,
                                    B_SPATIAL=mod.b_spatial, ACT=act, ACC=_acc(x.dtype), BLOCK_C=bc,
@@ -544,14 +570,15 @@ def sft_group_norm_forward(x, gamma, beta, num_groups: int, weight, bias, eps: f
     rows = n * triton.cdiv(g, gb)
     chunk, nchunk = _stat_chunks(rows, hw, sbhw)
     part = _new((3, n * g, nchunk), dtype=cd, device=x.device)
-    _sft_group_norm_stats_kernel[(nchunk, rows)](xf, part, c, hw, cg, g, chunk, nchunk, n * g * nchunk, *xs, GB=gb,
+    _sft_group_norm_stats_kernel[stats_grid(rows, nchunk)](xf, part, c, hw, cg, g, chunk, nchunk, n * g * nchunk, *xs, GB=gb,
                                                  GB_P2=triton.next_power_of_2(gb), ACC=acc, BLOCK_C=sbc,
                                                  BLOCK_HW=sbhw, num_warps=_warps(sbc, sbhw))
     mod = _Mod(x, gamma, beta, fmt)
     bc, bhw = _blocks(c, hw, cl)
-    grid = (triton.cdiv(hw, bhw), triton.cdiv(c, bc), n)
+    grid, nb = tile_grid(n, c, hw, bc, bhw)
     _sft_group_norm_fwd_kernel[grid](xf, mod.g, mod.b, weight if weight is not None else xf,
-                                     bias if bias is not None else xf, part, out, mean, rstd, c, hw, cg, g, nchunk,
+                                     bias if bias is not None else xf, part, out, mean, rstd, n, c, hw, cg, g, nb,
+                                     nchunk,
                                      eps, *xs, *mod.gs, *mod.bs, *_strides(out), slope, HAS_BETA=mod.has_beta,
                                      G_SPATIAL=mod.g_spatial, B_SPATIAL=mod.b_spatial, HAS_W=weight is not None,
                                      HAS_BIAS=bias is not None, ACT=act, ACC=acc,
@@ -579,9 +606,8 @@ def sft_group_norm_backward(grad, x, gamma, beta, num_groups: int, weight, bias,
     gf, gs = _flat(grad, fmt)
     mod = _Mod(x, gamma, beta, fmt)
     bc, bhw = _blocks(c, hw, fmt == torch.channels_last)
-    nb = triton.cdiv(hw, bhw)
+    grid, nb = tile_grid(n, c, hw, bc, bhw)
     part = _new((4, n, c, nb), dtype=cd, device=x.device)
-    grid = (nb, triton.cdiv(c, bc), n)
     wt = weight if weight is not None else xf
     bs = bias if bias is not None else xf
     mean, rstd = mean.contiguous(), rstd.contiguous()
@@ -590,7 +616,7 @@ def sft_group_norm_backward(grad, x, gamma, beta, num_groups: int, weight, bias,
                   BLOCK_HW=bhw, num_warps=_warps(bc, bhw))
     args = (*gs, *xs, *mod.gs, *mod.bs, *_strides(dx), *_strides(dgv), *_strides(dbv), slope)
     _sft_group_norm_bwd_kernel[grid](gf, xf, mod.g, mod.b, wt, bs, mean, rstd, part, dx, dgv,
-                                     dgv if dbv is None else dbv, part, c, hw, cg, g, nb, *args, STAGE=1, **common)
+                                     dgv if dbv is None else dbv, part, n, c, hw, cg, g, nb, *args, STAGE=1, **common)
     coef = _new((2, n, g), dtype=cd, device=x.device)
     dw = C.empty_grad(x) if weight is None else _new(weight.shape, dtype=weight.dtype, device=x.device)
     dbias = C.empty_grad(x) if bias is None else _new(bias.shape, dtype=bias.dtype, device=x.device)
@@ -605,7 +631,7 @@ def sft_group_norm_backward(grad, x, gamma, beta, num_groups: int, weight, bias,
         WANT_DW=weight is not None, WANT_DBIAS=bias is not None, G_CHANNEL=g_channel, B_CHANNEL=b_channel,
         ACC=_acc(x.dtype), BLOCK_C=rbc, BLOCK_T=rbt, num_warps=4)
     _sft_group_norm_bwd_kernel[grid](gf, xf, mod.g, mod.b, wt, bs, mean, rstd, coef, dx, dgv,
-                                     dgv if dbv is None else dbv, part, c, hw, cg, g, nb, *args, STAGE=2, **common)
+                                     dgv if dbv is None else dbv, part, n, c, hw, cg, g, nb, *args, STAGE=2, **common)
     return dx, dg, (C.empty_grad(x) if db is None else db), dw, dbias
 
 
