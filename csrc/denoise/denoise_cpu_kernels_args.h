@@ -1,0 +1,55 @@
+// Plain argument record between the host code of the denoise CPU kernels (denoise_cpu_kernels.cpp, ATen) and the
+// per-ISA loops (denoise_cpu_kernels_impl.h, compiled once per ISA, no ATen).
+#pragma once
+
+#include <cstdint>
+
+namespace burstkern {
+namespace denoise {
+namespace cpu {
+namespace detail {
+
+enum Dt : int { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };
+
+enum Op : int {
+  kCombine = 0,     // in: x, F            out: D, d?            ps: c_skip, c_out, σ
+  kCombineBwd = 1,  // in: gD, gd?, x, F   out: gx, gF; red Σt   ps: c_skip, c_out, σ, dc_skip, dc_out
+  kEuler = 2,       // in: x, F            out: x_next, d        ps: c_skip, c_out, σ, σ_next
+  kHeun = 3,        // in: x̂, d, x_n, F_n  out: out              ps: c_skip(σn), c_out(σn), σ̂, σn, pos
+  kAddNoise = 4,    // in: x, noise?       out: out              ps: scale
+  kCm = 5,          // in: x, F, noise?    out: out              ps: c_skip, c_out, scale (σ_next)
+  kCmBwd = 6,       // in: g, x, F         out: gx, gF           ps: c_skip, c_out
+  kLoss = 7,        // in: x, F, y         red Σ(D − y)²         ps: c_skip, c_out
+  kLossBwd = 8,     // in: x, F, y         out: gx, gF, gy       ps: c_skip, c_out, k = 2·g·λ/M
+  kRandn = 9,       // (normals at explicit offsets: see randn)
+};
+
+struct Args {
+  int op, dt;
+  int64_t N, M;      // samples, elements per sample (flat, memory order)
+  bool cl;           // channels_last storage: a sample's memory order is (hw, c)
+  int64_t C, HW;     // channels_last: for the logical (row-major) index of in-kernel noise
+  const void* in[4];
+  void* out[3];
+  const double* ps[5];  // per-sample scalars [N]
+  bool has_d, has_noise, has_next, has_clamp, draw;  // draw: in-kernel noise from seed
+  int64_t seed;
+  double clamp;
+  int64_t chunk;     // elements per unit; units = N · ceil(M / chunk)
+  double* red;       // [units] partial sums (reducing ops)
+};
+
+struct Table {
+  const char* name;
+  void (*run)(const Args&, int64_t, int64_t);                    // units [u0, u1)
+  void (*randn)(int64_t seed, const int64_t* offsets, float* out, int64_t n);
+};
+
+const Table& table_default();
+const Table& table_avx2();
+const Table& table_avx512();
+
+}  // namespace detail
+}  // namespace cpu
+}  // namespace denoise
+}  // namespace burstkern

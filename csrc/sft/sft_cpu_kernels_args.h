@@ -1,0 +1,87 @@
+// Plain argument records between the host code of the sft CPU kernels (sft_cpu_kernels.cpp, ATen) and the per-ISA
+// loop code (sft_cpu_kernels_impl.h, compiled once per ISA: no ATen there). Pointers are raw; dtypes are codes.
+#pragma once
+
+#include <cstdint>
+
+namespace burstkern {
+namespace sft {
+namespace cpu {
+namespace detail {
+
+enum Dt : int { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };
+
+// A [N, C, H·W] view read or written in place through its strides (sHW = 0: per channel).
+struct View {
+  const void* p;
+  int64_t sN, sC, sHW;
+};
+
+// x-like tensors are dense: NCHW rows are (n, c) of HW elements, channels_last rows are (n, hw) of C elements.
+// Per-(n, c) coefficient arrays are [N·C] in the compute type (float, double for fp64).
+struct ApplyArgs {
+  int dt, act;
+  double slope;
+  bool cl;
+  int64_t N, C, HW;
+  const void* x;
+  void* out;
+  // u = ((x − M)·A + B)·(1 + g) + (spatial beta | Tc | 0); without spatial g (folded into A, B): (x − M)·A + B (+ beta)
+  const void *M, *A, *B, *Tc;
+  View g, bt;
+  bool g_sp, bt_sp, tc;
+};
+
+struct StatsArgs {
+  int dt;
+  bool cl;
+  int64_t N, C, HW, G;
+  const void* x;
+  const void* pivot;  // [N·C] compute type: the pivot of each channel's group
+  double* out;        // NCHW: [N·G][2] (Σd, Σd², d = x − pivot); channels_last: [units][2][C]
+  int64_t chunk;      // channels_last: pixels per unit
+};
+
+struct Bwd1Args {
+  int dt, act;
+  double slope;
+  bool cl, gn;  // gn: GroupNorm (sums 0, 1 and a compute-type gha); else sft_modulate (dx = gha in x's dtype)
+  int64_t N, C, HW;
+  const void *x, *dy;
+  const void *mean, *rstd, *w, *bias, *g1c, *btc;  // [N·C] compute type
+  View g, bt;
+  bool g_sp, bt_sp, has_btc;
+  void* gha;  // dense x-layout: compute type (gn) or x's dtype (modulate)
+  View dg, db;
+  bool write_dg, write_db;
+  double* sums;  // NCHW: [N·C][4]; channels_last: [units][4][C]; (Σgha, Σgha·h, Σgu·ha, Σgu)
+  int64_t chunk;
+};
+
+struct Bwd2Args {
+  int dt;
+  bool cl;
+  int64_t N, C, HW;
+  const void* x;
+  const void* gha;  // compute type
+  void* dx;
+  const void *P, *Q, *R, *mean;  // dx = P·gha + Q + R·(x − mean), [N·C] compute type
+};
+
+struct Table {
+  const char* name;
+  void (*apply)(const ApplyArgs&, int64_t, int64_t);
+  void (*stats)(const StatsArgs&, int64_t, int64_t);
+  void (*bwd1)(const Bwd1Args&, int64_t, int64_t);
+  void (*bwd2)(const Bwd2Args&, int64_t, int64_t);
+};
+
+// one per compiled ISA (sft_cpu_kernels.cpp: default; _avx2.cpp, _avx512.cpp on x86-64)
+const Table& table_default();
+const Table& table_avx2();
+const Table& table_avx512();
+
+}  // namespace detail
+}  // namespace cpu
+}  // namespace sft
+}  // namespace burstkern
