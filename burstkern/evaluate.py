@@ -678,7 +678,11 @@ def _score(q: Tensor, gt: Tensor, burst: Tensor, fmt: str, aligner, lpips_ok: bo
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="burstkern eval", description="A model on the burst-SR benchmarks "
                                 "(SyntheticBurst validation, BurstSR) or the synthetic held-out set: per-burst CSV, "
-                                "summary with 95%% confidence intervals, resumable.")
+                                "summary with 95%% confidence intervals, resumable.",
+                                epilog="Without any of the options above except --checkpoint/--seed/--device/--split, "
+                                "`burstkern eval` prints the held-out set table of the model card (burstkern.demo; "
+                                "its own options: --teacher-steps N, --split eval|val, --json FILE). "
+                                "docs/reproducing.md has the papers' commands.")
     p.add_argument("--data", default=None, help="dataset folder (none: the synthetic held-out set)")
     p.add_argument("--format", default=None, help=f"one of {', '.join(FORMATS)} (default: detected)")
     p.add_argument("--split", default="val", choices=("train", "val"), help="BurstSR split")
@@ -710,8 +714,28 @@ class _Parser(argparse.ArgumentParser):
         raise EvalError(message)
 
 
+# options only this runner has: with none of them, ``burstkern eval`` is the held-out table of burstkern.demo
+_OWN_OPTIONS = {"--data", "--format", "--method", "--steps", "--burst-size", "--batch-size", "--limit", "--backend",
+                "--csv", "--overwrite", "--save-images", "--border", "--allow-download", "--no-lpips", "--flow-net",
+                "--no-progress", "--workers", "--random-weights", "-h", "--help"}
+
+
+def _is_heldout_table(argv: Sequence[str]) -> bool:
+    """True for the model-card form ``burstkern eval [--checkpoint F] [--teacher-steps N] [--split eval|val]
+    [--json F] [--seed S] [--device D]`` (:func:`burstkern.demo.eval_main`): none of this runner's own options."""
+    return not any(a.split("=", 1)[0] in _OWN_OPTIONS for a in argv)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """``burstkern eval``; returns the exit status (2 with one line on stderr for any user error)."""
+    """``burstkern eval``; returns the exit status (2 with one line on stderr for any user error).
+
+    Without any of this runner's own options (``--data``, ``--format``, ``--method``, ...) the command is the
+    held-out set table of :func:`burstkern.demo.eval_main` (the model card's numbers), unchanged."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _is_heldout_table(argv):
+        demo = importlib.import_module("burstkern.demo")
+        if hasattr(demo, "eval_main"):
+            return demo.eval_main(argv)
     p = build_parser()
     p.__class__ = _Parser
     try:

@@ -177,3 +177,15 @@ def test_mean_ci_and_summary():
     assert "unavailable" in ev.format_summary(s)
     x = torch.tensor([0.0, 0.5, 1.0, 1.5, -0.1, 0.99999])
     assert ev.quantize(x).tolist() == [0.0, 0.5, 1.0, 1.0, 0.0, math.floor(0.99999 * 2 ** 14) / 2 ** 14]
+
+
+def test_bare_eval_is_the_model_card_table(monkeypatch):
+    import burstkern.demo as demo
+
+    seen = []
+    monkeypatch.setattr(demo, "eval_main", lambda argv: seen.append(list(argv)) or 0, raising=False)
+    assert ev.main(["--checkpoint", "x.pt", "--teacher-steps", "4", "--split", "val"]) == 0
+    assert ev.main([]) == 0
+    assert seen == [["--checkpoint", "x.pt", "--teacher-steps", "4", "--split", "val"], []]
+    assert ev._is_heldout_table(["--seed", "1"]) and not ev._is_heldout_table(["--format=synthetic"])
+    assert not ev._is_heldout_table(["--help"])
