@@ -128,6 +128,42 @@ def _dcn_ref_composition(dil):
     return lambda x, off, w, b, m: R.deform_conv2d(x, off, w, b, 1, 1, dil, dil, dil, dil, m)
 
 
+def _native_dev():
+    """The CPU kernels of csrc/deform_conv built apart from burstkern._C by tests/native_dev.py (opt-in with
+    BURSTKERN_BENCH_NATIVE_DEV=1: times the kernels before the extension is rebuilt)."""
+    import os
+    import sys
+
+    if os.environ.get("BURSTKERN_BENCH_NATIVE_DEV") != "1":
+        raise Skip("dev build of the native kernels: opt in with BURSTKERN_BENCH_NATIVE_DEV=1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        from tests.native_dev import load
+    except ImportError as e:
+        raise Skip(f"tests/native_dev.py not importable: {e}")
+    mod = load("deform_conv", ["deform_conv2d", "deform_conv2d_backward", "cpu_path"])
+    if mod is None:
+        raise Skip(f"dev build failed: {load.reason}")
+
+    class Fn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, off, w, b, m, dil):
+            ctx.save_for_backward(x, off, w, b, m)
+            ctx.dil = dil
+            return mod.deform_conv2d(x, off, w, b, 1, 1, dil, dil, dil, dil, m)
+
+        @staticmethod
+        def backward(ctx, g):
+            x, off, w, b, m = ctx.saved_tensors
+            d = ctx.dil
+            gi, go, gw, gb, gm = mod.deform_conv2d_backward(g.contiguous(), x, off, w, b, 1, 1, d, d, d, d, m)
+            return gi, go, gw, gb, gm, None
+
+    return Fn
+
+
 def _dense(dil):
     return lambda x, off, w, b, m: F.conv2d(x, w, b, 1, dil, dil, 1)
 
@@ -167,6 +203,10 @@ def _dcn_group(shape, bwd: bool) -> Group:
 
     def inductor(args, dtype, nthreads):
         return wrap(_compile(_dcn_ref_composition(dil)))(args, dtype, nthreads)
+
+    def native_dev(args, dtype, nthreads):
+        fn = _native_dev()
+        return wrap(lambda x, off, w, b, m: fn.apply(x, off, w, b, m, dil))(args, dtype, nthreads)
 
     def onnxruntime(args, dtype, nthreads):
         if dtype != FP32:
@@ -230,11 +270,12 @@ def _dcn_group(shape, bwd: bool) -> Group:
         return _grads(f, a[:5], idx, a[5])
 
     providers = {"torchvision": torchvision, "bk_native": backend("native"), "bk_reference": backend("reference"),
-                 "inductor": inductor, "dense_conv2d": wrap(_dense(dil), grad_idx=(0, 2, 3))}
+                 "inductor": inductor, "dense_conv2d": wrap(_dense(dil), grad_idx=(0, 2, 3)),
+                 "bk_native_dev": native_dev}
     if not bwd:
         providers = {"torchvision": torchvision, "bk_native": providers["bk_native"],
                      "bk_reference": providers["bk_reference"], "inductor": inductor, "onnxruntime": onnxruntime,
-                     "openvino": openvino, "dense_conv2d": providers["dense_conv2d"]}
+                     "openvino": openvino, "dense_conv2d": providers["dense_conv2d"], "bk_native_dev": native_dev}
 
     def elems():
         x = n * c * hw * hw
