@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MetricUnavailable", "psnr", "ssim", "lpips", "lpips_status", "crop_border"]
+__all__ = ["MetricUnavailable", "psnr", "ssim", "hf_energy", "hf_ratio", "lpips", "lpips_status", "crop_border"]
 
 BORDER = 40
 SSIM_WINDOW = 11
@@ -120,6 +120,30 @@ def ssim(pred: Tensor, target: Tensor, border: int = BORDER, data_range: float =
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
     s = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p * mu_p + mu_t * mu_t + c1) * (var_p + var_t + c2))
     return _out(s.mean(dim=(1, 2, 3)), unbatched)
+
+
+HF_SIGMA = 2.0   # HR pixels: half the x4 downsampling factor (the band around and above the LR Nyquist)
+
+
+def hf_energy(x: Tensor, border: int = BORDER, sigma: float = HF_SIGMA) -> Tensor:
+    """High-frequency energy per image: mean square of ``x − GaussianBlur_σ(x)`` (σ = 2 px, reflect padding,
+    computed on the whole image, then the border cropped). ``[B, C, H, W]`` or ``[C, H, W]`` -> ``[B]`` (or 0-d)."""
+    p, _, unbatched = _prepare("hf_energy", x, x, 0, min_size=2 * border + 1)
+    c = p.shape[1]
+    rad = int(3 * sigma + 0.5)
+    g = _gaussian_taps(2 * rad + 1, sigma, p.dtype, p.device)
+    blur = F.pad(p, (rad, rad, rad, rad), mode="reflect")
+    blur = F.conv2d(blur, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    blur = F.conv2d(blur, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    hp = crop_border(p - blur, border)
+    return _out(hp.square().mean(dim=(1, 2, 3)), unbatched)
+
+
+def hf_ratio(pred: Tensor, target: Tensor, border: int = BORDER, sigma: float = HF_SIGMA) -> Tensor:
+    """High-frequency energy ratio per image, :func:`hf_energy` of ``pred`` / of ``target``: > 1 means added noise
+    or ringing, < 1 blur. Over a set, report ``hf_energy(pred).sum() / hf_energy(target).sum()``."""
+    _prepare("hf_ratio", pred, target, border)
+    return hf_energy(pred, border, sigma) / hf_energy(target, border, sigma).clamp_min(1e-20)
 
 
 # ----------------------------------------------------------------------------------------------

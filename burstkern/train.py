@@ -43,18 +43,20 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import math
+import sys
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from . import ops
-from .models.ebsrd import EBSRD, EBSRDConfig
+from .models.ebsrd import CHECKPOINT_FORMAT, EBSRD, EBSRDConfig
+from .models.samplers import edm_heun_sampler
 
 __all__ = ["train_initial", "train_denoiser", "distill_student", "initial_loss", "denoiser_loss",
-           "consistency_loss", "distill_schedule", "save_checkpoint", "load_checkpoint", "to_model_range"]
-
-CHECKPOINT_FORMAT = "burstkern.ebsrd/1"
+           "consistency_loss", "teacher_distill_loss", "distill_schedule", "save_checkpoint", "load_checkpoint",
+           "to_model_range", "lr_at", "sample_sigmas"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -72,20 +74,45 @@ def _device_of(model: nn.Module, device) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _batches(loader: Iterable, device: torch.device) -> Iterator[Tuple[Tensor, Tensor]]:
-    """Endless (burst, y) on ``device`` from a re-iterable loader, y in [-1, 1]."""
-    for epoch in itertools.count():
-        empty = True
-        for batch in loader:
-            empty = False
-            if not isinstance(batch, dict) or "burst" not in batch or "gt" not in batch:
-                raise TypeError(f"loader must yield dicts with 'burst' [B, T, 4, h, w] and 'gt' [B, 3, H, W], got "
-                                f"{type(batch).__name__}{'' if not isinstance(batch, dict) else sorted(batch)}")
-            burst = batch["burst"].to(device, torch.float32, non_blocking=True)
-            gt = batch["gt"].to(device, torch.float32, non_blocking=True)
-            yield burst, to_model_range(gt)
-        if empty:
-            raise ValueError("loader yielded no batches")
+def _unpack(batch, device: torch.device) -> Tuple[Tensor, Tensor]:
+    if not isinstance(batch, dict) or "burst" not in batch or "gt" not in batch:
+        raise TypeError(f"loader must yield dicts with 'burst' [B, T, 4, h, w] and 'gt' [B, 3, H, W], got "
+                        f"{type(batch).__name__}{'' if not isinstance(batch, dict) else sorted(batch)}")
+    burst = batch["burst"].to(device, torch.float32, non_blocking=True)
+    gt = batch["gt"].to(device, torch.float32, non_blocking=True)
+    return burst, to_model_range(gt)
+
+
+class StepBatches:
+    """Batches indexed by training step: batch ``s`` = items ``[s·B, (s+1)·B)`` of ``dataset`` (whose items are
+    pure functions of their index), so a resumed stage reads the batch an uninterrupted one would."""
+
+    def __init__(self, dataset, batch_size: int):
+        self.dataset, self.batch_size = dataset, batch_size
+
+    def batch(self, step: int) -> dict:
+        n = len(self.dataset)
+        items = [self.dataset[(step * self.batch_size + i) % n] for i in range(self.batch_size)]
+        return torch.utils.data.default_collate(items)
+
+
+def _batches(loader, device: torch.device, start: int = 0) -> Callable[[int], Tuple[Tensor, Tensor]]:
+    """``get(step) -> (burst, y)`` on ``device`` (y in [-1, 1]): from a :class:`StepBatches` by index, or from a
+    re-iterable loader, cycled (steps must then be asked for in order)."""
+    if isinstance(loader, StepBatches):
+        return lambda step: _unpack(loader.batch(step), device)
+
+    def endless():
+        for _ in itertools.count():
+            empty = True
+            for batch in loader:
+                empty = False
+                yield _unpack(batch, device)
+            if empty:
+                raise ValueError("loader yielded no batches")
+
+    it = endless()
+    return lambda step: next(it)
 
 
 def _check_steps(steps) -> int:
@@ -115,23 +142,60 @@ def _net_out(net: nn.Module, x: Tensor, c_in: Tensor, c_noise: Tensor, cond: Ten
     return out.to(x.dtype)
 
 
-def _run(name: str, params: List[nn.Parameter], steps: int, loss_fn: Callable[[], Tensor], *, lr: float,
+def lr_at(step: int, steps: int, lr: float, schedule: str = "cosine", warmup: Optional[int] = None,
+          final: float = 0.05) -> float:
+    """Learning rate of ``step`` (0-based) of ``steps``: ``"constant"``, or ``"cosine"``: linear warm-up over
+    ``warmup`` steps (default ``min(200, steps // 20)``), then cosine decay from ``lr`` to ``final * lr``."""
+    if schedule == "constant":
+        return lr
+    if schedule != "cosine":
+        raise ValueError(f"lr schedule must be 'cosine' or 'constant', got {schedule!r}")
+    warmup = min(200, steps // 20) if warmup is None else warmup
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return lr * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))))
+
+
+def _show_progress(progress: bool) -> bool:
+    """tqdm bars only when asked for and both stdout and stderr are terminals (quiet in logs and CI)."""
+    if not progress:
+        return False
+    try:
+        return sys.stdout.isatty() and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _run(name: str, params: List[nn.Parameter], steps: int, loss_fn: Callable[[int], Tensor], *, lr: float,
          weight_decay: float, grad_clip: Optional[float], progress: bool,
-         after_step: Optional[Callable[[], None]] = None) -> List[float]:
-    """The shared loop: AdamW, optional grad-norm clip, tqdm; losses kept on the device (one sync at the end and
-    one per progress-bar refresh, not one per step)."""
+         after_step: Optional[Callable[[], None]] = None, lr_schedule: str = "cosine",
+         resume: Optional[dict] = None, checkpoint: Optional[Callable[[dict], None]] = None,
+         checkpoint_every: int = 0) -> List[float]:
+    """The shared loop: AdamW with the ``lr_schedule`` (:func:`lr_at`), optional grad-norm clip, tqdm; losses kept
+    on the device (one sync at the end and one per progress-bar refresh, not one per step).
+
+    ``loss_fn(step)`` computes the loss of ``step`` (all randomness of a step derives from its index, so a resumed
+    run draws what an uninterrupted one would). ``resume``: ``{"step", "optimizer", "history"}`` from an earlier
+    ``checkpoint`` call; ``checkpoint(state)`` is called every ``checkpoint_every`` steps with that dict."""
     if not params:
         raise ValueError(f"{name}: no trainable parameters")
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    history: List[Tensor] = []
+    start, history = 0, []
+    if resume:
+        start = int(resume["step"])
+        opt.load_state_dict(resume["optimizer"])
+        history = [torch.tensor(float(v)) for v in resume.get("history", [])]
     bar = None
-    if progress and steps:
+    if _show_progress(progress) and steps > start:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc=name, leave=False, dynamic_ncols=True)
-    for step in range(steps):
-        loss = loss_fn()
-        if step == 0 and not bool(torch.isfinite(loss.detach())):  # one sync: fail fast on a broken setup
+        bar = tqdm(total=steps, initial=start, desc=name, leave=False, dynamic_ncols=True)
+    for step in range(start, steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, lr_schedule)
+        loss = loss_fn(step)
+        if step == start and not bool(torch.isfinite(loss.detach())):  # one sync: fail fast on a broken setup
             raise FloatingPointError(f"{name}: first loss is not finite ({loss.item()})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -145,9 +209,19 @@ def _run(name: str, params: List[nn.Parameter], steps: int, loss_fn: Callable[[]
             bar.update(1)
             if step % 10 == 0 or step == steps - 1:
                 bar.set_postfix(loss=f"{history[-1].item():.4g}")
+        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            checkpoint({"step": step + 1, "optimizer": opt.state_dict(),
+                        "history": torch.stack(history).cpu().tolist()})
     if bar is not None:
         bar.close()
     return torch.stack(history).cpu().tolist() if history else []
+
+
+def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The generator of one training step: a pure function of (seed, step)."""
+    from .data.dataset import _mix_seed
+
+    return torch.Generator(device=device).manual_seed(_mix_seed(seed % 2 ** 31, step))
 
 
 @contextlib.contextmanager
@@ -260,10 +334,13 @@ def consistency_loss(model: EBSRD, target: nn.Module, burst: Tensor, y: Tensor, 
 # stages
 # ----------------------------------------------------------------------------------------------
 def train_initial(model: EBSRD, loader: Iterable, steps: int, *, lr: float = 1e-3, weight_decay: float = 0.0,
-                  grad_clip: Optional[float] = 1.0, seed: int = 0, device=None, progress: bool = True) -> List[float]:
+                  grad_clip: Optional[float] = 1.0, seed: int = 0, device=None, progress: bool = True,
+                  lr_schedule: str = "cosine", resume: Optional[dict] = None, checkpoint=None,
+                  checkpoint_every: int = 0) -> List[float]:
     """Train the burst encoder + initial SR head: L1(x_init, y), both in [-1, 1]. Returns the per-step losses.
 
     Runs in fp32 (no ``amp``): burstkern.nn's deformable convs do not accept autocast's mixed dtypes.
+    ``lr_schedule``, ``resume``, ``checkpoint``, ``checkpoint_every``: see :func:`_run`.
     """
     steps = _check_steps(steps)
     device = _device_of(model, device)
@@ -271,60 +348,117 @@ def train_initial(model: EBSRD, loader: Iterable, steps: int, *, lr: float = 1e-
     data = _batches(loader, device)
     with _modes([model.encoder, model.head], [model.denoiser, model.student]):
         params = [p for m in (model.encoder, model.head) for p in m.parameters()]
-        return _run("initial", params, steps, lambda: initial_loss(model, *next(data)), lr=lr,
-                    weight_decay=weight_decay, grad_clip=grad_clip, progress=progress)
+        return _run("initial", params, steps, lambda step: initial_loss(model, *data(step)), lr=lr,
+                    weight_decay=weight_decay, grad_clip=grad_clip, progress=progress, lr_schedule=lr_schedule,
+                    resume=resume, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+
+
+def sample_sigmas(n: int, dist: str, generator: torch.Generator, device, *, p_mean: float = -1.2,
+                  p_std: float = 1.2, sigma_range: Tuple[float, float] = (0.002, 0.03)) -> Tensor:
+    """Training noise levels ``[n]``: ``"lognormal"`` (EDM: ``exp(P_mean + P_std·N(0, 1))``) or ``"loguniform"``
+    on ``sigma_range`` (concentrated where early-step sampling uses the teacher: σ_min ≤ σ ≤ σ_τ)."""
+    if dist == "lognormal":
+        return torch.exp(p_mean + p_std * torch.randn(n, device=device, generator=generator))
+    if dist == "loguniform":
+        lo, hi = (float(v) for v in sigma_range)
+        if not 0 < lo <= hi:
+            raise ValueError(f"sigma_range must be 0 < lo <= hi, got {sigma_range!r}")
+        u = torch.rand(n, device=device, generator=generator)
+        return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u)
+    raise ValueError(f"sigma distribution must be 'lognormal' or 'loguniform', got {dist!r}")
 
 
 def train_denoiser(model: EBSRD, loader: Iterable, steps: int, *, lr: float = 2e-4, weight_decay: float = 0.0,
-                   grad_clip: Optional[float] = 1.0, p_mean: float = -1.2, p_std: float = 1.2, seed: int = 0,
-                   device=None, amp: bool = False, progress: bool = True) -> List[float]:
+                   grad_clip: Optional[float] = 1.0, sigma_dist: str = "loguniform",
+                   sigma_range: Optional[Tuple[float, float]] = None, p_mean: float = -1.2, p_std: float = 1.2,
+                   seed: int = 0, device=None, amp: bool = False, progress: bool = True, lr_schedule: str = "cosine",
+                   resume: Optional[dict] = None, checkpoint=None, checkpoint_every: int = 0) -> List[float]:
     """EDM training of ``model.denoiser`` (the teacher) on the ground truth; the encoder is frozen (no grad).
 
-    Per step: ``σ = exp(P_mean + P_std·n)`` per sample, ``x_noisy = y + σ·ε``, F = denoiser(c_in·x_noisy,
-    c_noise, cond), loss = ``edm_loss(...).mean()`` (:func:`denoiser_loss`). E-BSRD diffuses y itself, not the
-    residual y − x_init (module docstring). ``amp``: bf16 autocast of the U-Net on a GPU. Returns the losses.
+    Per step: σ per sample from ``sigma_dist`` (:func:`sample_sigmas`; default log-uniform on ``sigma_range`` =
+    (the model's ``cm_sigma_min``, ``sigma_tau``), where early-step sampling uses the teacher; ``"lognormal"``
+    with ``p_mean``/``p_std`` is EDM's), ``x_noisy = y + σ·ε``, F = denoiser(c_in·x_noisy, c_noise, cond),
+    loss = ``edm_loss(...).mean()`` (:func:`denoiser_loss`). E-BSRD diffuses y itself, not the residual
+    y − x_init (module docstring). ``amp``: bf16 autocast of the U-Net on a GPU. Returns the losses.
     """
     steps = _check_steps(steps)
     device = _device_of(model, device)
     _amp_context(amp, device)  # validate early
+    cfg = model.config
+    rng = (cfg.cm_sigma_min, cfg.sigma_tau) if sigma_range is None else tuple(sigma_range)
+    sample_sigmas(1, sigma_dist, torch.Generator(device=device), device, sigma_range=rng)  # validate early
     torch.manual_seed(seed)
-    g = _generator(seed, device)
     data = _batches(loader, device)
 
-    def loss_fn():
-        burst, y = next(data)
+    def loss_fn(step):
+        burst, y = data(step)
+        g = _step_generator(seed, step, device)
         with torch.no_grad():
             cond = model.encoder(burst)
-        n = torch.randn(y.shape[0], device=device, generator=g)
-        sigma = torch.exp(p_mean + p_std * n)
+        sigma = sample_sigmas(y.shape[0], sigma_dist, g, device, p_mean=p_mean, p_std=p_std, sigma_range=rng)
         noise = torch.randn(y.shape, device=device, generator=g)
         return denoiser_loss(model, burst, y, sigma, noise, cond=cond, amp=amp)
 
     with _modes([model.denoiser], [model.encoder, model.head, model.student]):
         return _run("denoiser", list(model.denoiser.parameters()), steps, loss_fn, lr=lr, weight_decay=weight_decay,
-                    grad_clip=grad_clip, progress=progress)
+                    grad_clip=grad_clip, progress=progress, lr_schedule=lr_schedule, resume=resume,
+                    checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+
+
+def teacher_distill_loss(model: EBSRD, x_init: Tensor, cond: Tensor, noise: Tensor, target_steps: int,
+                         generator: Optional[torch.Generator] = None, sigma_tau: Optional[float] = None,
+                         sigma_min: Optional[float] = None, amp: bool = False) -> Tensor:
+    """Distillation of the one-step student at σ_τ onto the sample the teacher actually reaches from there.
+
+    ``x_τ = x_init + σ_τ·noise`` — exactly what :meth:`EBSRD.one_step` sees at inference —; the target is the
+    teacher's EDM Heun solution from ``x_τ`` (``target_steps`` steps down to ``teacher_sigma_min``, no grad);
+    ``loss = mean((f_student(x_τ, σ_τ) − target)²) / σ_τ²`` with the consistency output
+    ``f = c_skip^cm·x + c_out^cm·F`` (:func:`burstkern.ops.cm_update`, boundary σ_min = ``cm_sigma_min``).
+    """
+    cfg = model.config
+    sd = cfg.sigma_data
+    s_tau = cfg.sigma_tau if sigma_tau is None else float(sigma_tau)
+    s_min = cfg.cm_sigma_min if sigma_min is None else float(sigma_min)
+    autocast = _amp_context(amp, x_init.device)
+    sigma = torch.full((x_init.shape[0],), s_tau, device=x_init.device, dtype=torch.float32)
+    x_tau = ops.add_noise(x_init, sigma, noise=noise)
+    with torch.no_grad(), autocast():
+        target = edm_heun_sampler(lambda x_in, c_noise: model.denoiser(x_in, c_noise, cond), x_tau,
+                                  num_steps=target_steps, sigma_min=cfg.teacher_sigma_min, sigma_max=s_tau,
+                                  start="noised", sigma_data=sd, generator=generator)
+    _, _, s_in, s_noise = ops.cm_scalings(sigma, s_min, sd)
+    f = ops.cm_update(x_tau, _net_out(model.student, x_tau, s_in, s_noise, cond, autocast), sigma, s_min, sd)
+    return (f - target.float()).square().mean() / (s_tau ** 2)
 
 
 def distill_student(model: EBSRD, loader: Iterable, steps: int, *, lr: float = 1e-4, weight_decay: float = 0.0,
-                    grad_clip: Optional[float] = 1.0, num_scales: int = 5, ema: float = 0.95,
-                    sigma_max: Optional[float] = None, sigma_min: Optional[float] = None,
-                    weighting: str = "snr", init_from_teacher: bool = True, seed: int = 0, device=None,
-                    amp: bool = False, progress: bool = True) -> List[float]:
-    """Consistency distillation of ``model.student`` from the teacher ``model.denoiser`` (E-BSRD's one-step model).
+                    grad_clip: Optional[float] = 1.0, target: str = "teacher", target_steps: int = 4,
+                    num_scales: int = 5, ema: float = 0.95, sigma_max: Optional[float] = None,
+                    sigma_min: Optional[float] = None, weighting: str = "snr", init_from_teacher: bool = True,
+                    seed: int = 0, device=None, amp: bool = False, progress: bool = True,
+                    lr_schedule: str = "cosine", resume: Optional[dict] = None, checkpoint=None,
+                    checkpoint_every: int = 0) -> List[float]:
+    """Distillation of ``model.student`` from the teacher ``model.denoiser`` (E-BSRD's one-step model).
 
-    Karras schedule of ``num_scales`` levels from ``sigma_max`` (default the model's σ_τ = 0.03) to ``sigma_min``
-    (default the model's ``cm_sigma_min``); per step a random adjacent pair per sample, one teacher Heun step,
-    target = EMA (rate ``ema``, fixed) of the student; loss :func:`consistency_loss` with ``weighting``
-    (default ``"snr"``: 1/σ², see there). ``init_from_teacher``:
-    start the student from the teacher's weights (standard consistency distillation). Returns the losses.
+    ``target="teacher"`` (default): at σ_τ from x_init, onto the teacher's ``target_steps``-step Heun solution
+    from the same ``x_τ`` (:func:`teacher_distill_loss`) — the input the one-step sampler sees and the output the
+    teacher reaches. ``target="cd"``: consistency distillation as in E-BSRD's code: Karras schedule of
+    ``num_scales`` levels from ``sigma_max`` (default σ_τ) to ``sigma_min`` (default ``cm_sigma_min``) on the
+    noised ground truth, a random adjacent pair per sample, one teacher Heun step, target = EMA (rate ``ema``) of
+    the student, loss :func:`consistency_loss` with ``weighting``. ``init_from_teacher``: start the student from
+    the teacher's weights. Returns the losses.
     """
     steps = _check_steps(steps)
     if model.student is None:
         raise ValueError("distill_student: the model has no student (built with student=False)")
+    if target not in ("teacher", "cd"):
+        raise ValueError(f"target must be 'teacher' or 'cd', got {target!r}")
     if weighting not in ("snr", "uniform"):
         raise ValueError(f"weighting must be 'snr' or 'uniform', got {weighting!r}")
     if not 0.0 <= ema < 1.0:
         raise ValueError(f"ema must be in [0, 1), got {ema!r}")
+    if not isinstance(target_steps, int) or target_steps < 1:
+        raise ValueError(f"target_steps must be an int >= 1, got {target_steps!r}")
     device = _device_of(model, device)
     _amp_context(amp, device)
     cfg: EBSRDConfig = model.config
@@ -332,58 +466,71 @@ def distill_student(model: EBSRD, loader: Iterable, steps: int, *, lr: float = 1
     sigma_min = cfg.cm_sigma_min if sigma_min is None else float(sigma_min)
     schedule = distill_schedule(num_scales, sigma_min, sigma_max, device=device)
     torch.manual_seed(seed)
-    g = _generator(seed, device)
     data = _batches(loader, device)
-    if init_from_teacher:
+    if init_from_teacher and not resume:
         model.student.load_state_dict(model.denoiser.state_dict())
-    target = copy.deepcopy(model.student).eval().requires_grad_(False)
+    ema_net = copy.deepcopy(model.student).eval().requires_grad_(False)
+    if resume and resume.get("ema_state") is not None:
+        ema_net.load_state_dict(resume["ema_state"])
     online = [p for p in model.student.parameters()]
-    shadow = [p for p in target.parameters()]
+    shadow = [p for p in ema_net.parameters()]
 
-    def loss_fn():
-        burst, y = next(data)
+    def loss_fn(step):
+        burst, y = data(step)
+        g = _step_generator(seed, step, device)
         with torch.no_grad():
-            cond = model.encoder(burst)
-        index = torch.randint(0, num_scales - 1, (y.shape[0],), device=device, generator=g)
+            if target == "teacher":
+                x_init, cond = model.initial(burst)
+            else:
+                cond = model.encoder(burst)
         noise = torch.randn(y.shape, device=device, generator=g)
-        return consistency_loss(model, target, burst, y, index, noise, schedule, sigma_min, cond=cond, amp=amp,
+        if target == "teacher":
+            return teacher_distill_loss(model, x_init, cond, noise, target_steps, generator=g, sigma_tau=sigma_max,
+                                        sigma_min=sigma_min, amp=amp)
+        index = torch.randint(0, num_scales - 1, (y.shape[0],), device=device, generator=g)
+        return consistency_loss(model, ema_net, burst, y, index, noise, schedule, sigma_min, cond=cond, amp=amp,
                                 weighting=weighting)
 
     @torch.no_grad()
     def update_target():
-        for s, o in zip(shadow, online):
-            s.lerp_(o, 1.0 - ema)
+        if target == "cd":
+            for s_, o in zip(shadow, online):
+                s_.lerp_(o, 1.0 - ema)
+
+    def ckpt(state):
+        if checkpoint is not None:
+            checkpoint(dict(state, ema_state={k: v.detach().cpu() for k, v in ema_net.state_dict().items()}))
 
     with _modes([model.student], [model.encoder, model.head, model.denoiser]):
         return _run("student", online, steps, loss_fn, lr=lr, weight_decay=weight_decay, grad_clip=grad_clip,
-                    progress=progress, after_step=update_target)
+                    progress=progress, after_step=update_target, lr_schedule=lr_schedule, resume=resume,
+                    checkpoint=ckpt, checkpoint_every=checkpoint_every)
 
 
 # ----------------------------------------------------------------------------------------------
 # checkpoints
 # ----------------------------------------------------------------------------------------------
-def save_checkpoint(path, model: EBSRD, losses: Optional[Dict[str, List[float]]] = None, **extra) -> dict:
+def save_checkpoint(path, model: EBSRD, losses: Optional[Dict[str, List[float]]] = None, *, half: bool = False,
+                    **extra) -> dict:
     """Save ``{"format", "config", "state_dict", "losses", **extra}`` with :func:`torch.save`; returns it.
 
     ``config`` is the model's :class:`EBSRDConfig` as a dict, so :func:`load_checkpoint` rebuilds the same model.
+    ``half``: store the floating-point weights as fp16 (half the size; loading casts them back to fp32).
     """
+    def store(v):
+        v = v.detach().cpu()
+        return v.half() if half and v.is_floating_point() else v
+
     ckpt = {"format": CHECKPOINT_FORMAT, "config": model.config_dict(),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "state_dict": {k: store(v) for k, v in model.state_dict().items()},
             "losses": dict(losses or {}), **extra}
     torch.save(ckpt, path)
     return ckpt
 
 
 def load_checkpoint(path, map_location="cpu") -> Tuple[EBSRD, dict]:
-    """Rebuild the model saved by :func:`save_checkpoint`: returns ``(model, checkpoint dict)``."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path}: not a burstkern E-BSRD checkpoint (format {fmt!r}, expected "
-                         f"{CHECKPOINT_FORMAT!r}); write one with burstkern.train.save_checkpoint or "
-                         f"python/train_ebsrd.py")
-    cfg = dict(ckpt["config"])
-    cfg["unet_mults"] = tuple(cfg["unet_mults"])
-    model = EBSRD(EBSRDConfig(**cfg))
-    model.load_state_dict(ckpt["state_dict"])
-    return model, ckpt
+    """Rebuild the model saved by :func:`save_checkpoint`: returns ``(model, checkpoint dict)``.
+
+    Any unusable file raises :class:`burstkern.models.CheckpointError` (a ``ValueError``) with one line saying why
+    (see :meth:`EBSRD.from_checkpoint`)."""
+    return EBSRD.from_checkpoint(path, map_location=map_location, return_checkpoint=True)

@@ -1,25 +1,33 @@
 #!/usr/bin/env python
-"""Train E-BSRD on synthetic bursts of the bundled sample images: initial SR → EDM teacher → one-step student.
+"""Train E-BSRD on synthetic bursts: initial burst SR → EDM teacher → one-step student; evaluate on the held-out set.
 
-Runs the three stages of :mod:`burstkern.train` in order on :class:`burstkern.data.SyntheticBurstDataset`
-(random crops of the scikit-image / scikit-learn sample photographs; nothing is downloaded), saves one checkpoint
-(state dict + config + loss curves + the arguments) and prints PSNR / SSIM of x_init, the teacher and the
-one-step student on the held-out image (the same evaluation as ``burstkern demo``).
+The defaults are the recipe of the shipped ``tiny`` weights (burstkern/weights/README.md records the exact
+command, seed, time and machine). Data: :class:`burstkern.data.SyntheticBurstDataset` on the bundled training
+photographs plus seeded dead-leaves images (training seed range; nothing is downloaded). The three stages of
+:mod:`burstkern.train`:
 
-The ``tiny`` preset on 112-px crops (64² ground truth, 8² RAW frames) runs a few hundred steps per stage on a CPU
-in minutes::
+1. encoder + initial head: x_init = registered shift-and-add of the frames + learned residual, L1 to the ground
+   truth;
+2. teacher: EDM training with σ log-uniform on [cm_sigma_min, σ_τ] (where early-step sampling uses it);
+3. student: distilled at σ_τ onto the teacher's Heun solution from the same x_τ = x_init + σ_τ·ε.
 
-    python python/train_ebsrd.py --preset tiny --steps-initial 300 --steps-denoiser 300 --steps-student 200 \\
-        --out tiny.pt
-    burstkern demo --checkpoint tiny.pt --out demo.png
+Every stage uses AdamW with warm-up + cosine decay. The checkpoint (``--out``) is written after every stage and
+every ``--checkpoint-every`` steps, with what ``--resume`` needs to continue exactly where it stopped. At the end it
+scores the validation set (for decisions) and the held-out set (:func:`burstkern.data.heldout_bursts`, recorded in
+the checkpoint and shown by ``burstkern demo``), and writes the loss curves (``--curves``, PNG) and a JSON log
+(``--log``). tqdm bars appear only on a terminal.
 
-On a GPU, ``--preset paper --crop 432 --amp`` trains at the papers' scale (bf16 autocast for the U-Net).
+    OMP_NUM_THREADS=1 python python/train_ebsrd.py --out tiny.pt          # the shipped recipe (~40 min, 1 core)
+    python python/train_ebsrd.py --resume tiny.pt                         # continue an interrupted run
+    burstkern demo --checkpoint tiny.pt
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import sys
 import time
 
@@ -28,102 +36,237 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-# Training crops per preset: 112 → 64² ground truth (8² frames) for tiny, 432 → 384² (48² frames) for paper.
-DEFAULT_TRAIN_CROP = {"tiny": 112, "paper": 432}
-DEFAULT_BATCH = {"tiny": 4, "paper": 2}
+STAGES = ("initial", "denoiser", "student")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train_ebsrd.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="tiny", choices=("tiny", "paper"), help="model size")
-    p.add_argument("--steps-initial", type=int, default=300, help="steps of stage 1 (encoder + initial SR head, L1)")
-    p.add_argument("--steps-denoiser", type=int, default=300, help="steps of stage 2 (EDM teacher)")
-    p.add_argument("--steps-student", type=int, default=200, help="steps of stage 3 (consistency distillation)")
+    p.add_argument("--steps-initial", type=int, default=1200, help="steps of stage 1 (encoder + initial SR head)")
+    p.add_argument("--steps-denoiser", type=int, default=800, help="steps of stage 2 (EDM teacher)")
+    p.add_argument("--steps-student", type=int, default=150, help="steps of stage 3 (one-step student)")
     p.add_argument("--out", default="ebsrd.pt", help="checkpoint path")
-    p.add_argument("--crop", type=int, default=None, help="HR training crop (default: 112 tiny, 432 paper)")
-    p.add_argument("--batch-size", type=int, default=None, help="bursts per step (default: 4 tiny, 2 paper)")
-    p.add_argument("--lr-initial", type=float, default=1e-3)
-    p.add_argument("--lr-denoiser", type=float, default=2e-4)
-    p.add_argument("--lr-student", type=float, default=1e-4)
-    p.add_argument("--p-mean", type=float, default=-1.2, help="EDM log-normal σ of the teacher: mean of ln σ")
-    p.add_argument("--p-std", type=float, default=1.2, help="EDM log-normal σ of the teacher: std of ln σ")
-    p.add_argument("--num-scales", type=int, default=5, help="Karras levels of the distillation schedule (E-BSRD: 5)")
-    p.add_argument("--ema", type=float, default=0.95, help="EMA rate of the distillation target (E-BSRD: 0.95)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--backend", default=None, choices=("auto", "cuda", "triton", "reference"),
-                   help="burstkern backend (default: the active one)")
+    p.add_argument("--resume", default=None, help="continue the run saved in this checkpoint (its arguments win)")
+    p.add_argument("--checkpoint-every", type=int, default=250, help="steps between resumable checkpoints")
+    p.add_argument("--log", default=None, help="JSON log (default: OUT with .json)")
+    p.add_argument("--curves", default=None, help="loss-curve PNG (default: OUT with _curves.png)")
+    p.add_argument("--crop", type=int, default=112, help="HR training crop (112: 64² ground truth, 8² RAW frames)")
+    p.add_argument("--batch-size", type=int, default=4, help="bursts per step")
+    p.add_argument("--deadleaves", type=float, default=0.5, help="fraction of training bursts from dead leaves")
+    p.add_argument("--lr-initial", type=float, default=2e-3)
+    p.add_argument("--lr-denoiser", type=float, default=5e-4)
+    p.add_argument("--lr-student", type=float, default=2e-4)
+    p.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"))
+    p.add_argument("--init-base", default="merge", choices=("merge", "reference", "none"),
+                   help="x_init = BASE + learned residual: merge (registered shift-and-add of the frames), reference "
+                        "(the interpolated reference frame), none (the head alone, as before)")
+    p.add_argument("--sigma-dist", default="loguniform", choices=("loguniform", "lognormal"),
+                   help="teacher's training σ: log-uniform on [cm_sigma_min, σ_τ], or EDM's log-normal")
+    p.add_argument("--p-mean", type=float, default=-1.2, help="log-normal σ: mean of ln σ")
+    p.add_argument("--p-std", type=float, default=1.2, help="log-normal σ: std of ln σ")
+    p.add_argument("--student-target", default="teacher", choices=("teacher", "cd"),
+                   help="teacher: distil at σ_τ onto the teacher's solution; cd: E-BSRD's consistency distillation")
+    p.add_argument("--target-steps", type=int, default=4, help="Heun steps of the teacher's distillation targets")
+    p.add_argument("--num-scales", type=int, default=5, help="cd: Karras levels of the schedule (E-BSRD: 5)")
+    p.add_argument("--ema", type=float, default=0.95, help="cd: EMA rate of the target network (E-BSRD: 0.95)")
+    p.add_argument("--half", type=int, default=1, choices=(0, 1), help="store the final weights as fp16")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ...")
+    p.add_argument("--backend", default="reference", help="burstkern backend (training runs the reference ops "
+                                                          "on the CPU)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast of the U-Net (GPU only)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-crop", type=int, default=None, help="HR crop of the held-out evaluation image "
-                                                               "(default: 176 tiny, 432 paper)")
-    p.add_argument("--eval-teacher-steps", type=int, default=4, help="Heun steps of the teacher in the evaluation")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.add_argument("--eval-teacher-steps", type=int, default=40, help="Heun steps of the teacher in the evaluation")
+    p.add_argument("--no-eval", action="store_true", help="skip the final validation / held-out evaluation")
+    p.add_argument("--skip-validation", action="store_true", help="final evaluation on the held-out set only")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars even on a terminal")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    import contextlib
-
+    if args.resume:
+        args = _resume_args(args)
     import burstkern
 
-    with burstkern.backend(args.backend) if args.backend is not None else contextlib.nullcontext():
-        return train(args)
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        with burstkern.backend(args.backend):
+            return train(args)
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: python python/train_ebsrd.py --resume {args.out}", file=sys.stderr)
+        return 130
+
+
+def _resume_args(args):
+    from burstkern.models import CheckpointError
+    from burstkern.train import load_checkpoint
+
+    try:
+        _, ckpt = load_checkpoint(args.resume)
+    except (CheckpointError, FileNotFoundError) as e:
+        sys.exit(f"train_ebsrd.py: error: --resume: {e}")
+    saved = ckpt.get("args")
+    if not isinstance(saved, dict) or "train_state" not in ckpt:
+        sys.exit(f"train_ebsrd.py: error: --resume: {args.resume} has no training state (not written by this script)")
+    ns = argparse.Namespace(**{**vars(args), **saved})
+    ns.resume, ns.out = args.resume, args.resume if args.out == "ebsrd.pt" else args.out
+    return ns
+
+
+def _paths(args):
+    stem = os.path.splitext(args.out)[0]
+    return args.log or stem + ".json", args.curves or stem + "_curves.png"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
 
 
 def train(args) -> int:
     import burstkern
     from burstkern.data import SyntheticBurstDataset
-    from burstkern.demo import DEFAULT_CROP, evaluate, format_table, held_out_burst
     from burstkern.models import EBSRD
-    from burstkern.train import distill_student, save_checkpoint, train_denoiser, train_initial
+    from burstkern.train import (StepBatches, distill_student, load_checkpoint, save_checkpoint, train_denoiser,
+                                 train_initial)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    crop = args.crop or DEFAULT_TRAIN_CROP[args.preset]
-    batch = args.batch_size or DEFAULT_BATCH[args.preset]
+    device = torch.device(args.device)
+    log_path, curves_path = _paths(args)
     torch.manual_seed(args.seed)
-    model = EBSRD(args.preset).to(device)
+    model = EBSRD(args.preset, init_base=args.init_base).to(device)
     cfg = model.config
     steps = {"initial": args.steps_initial, "denoiser": args.steps_denoiser, "student": args.steps_student}
-    # enough distinct items for every step of the longest stage, each a pure function of (seed, index)
-    ds = SyntheticBurstDataset(None, crop=crop, burst_size=cfg.burst_size, seed=args.seed,
-                               length=max(batch * max(steps.values()), batch))
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True,
-                                         num_workers=args.workers, pin_memory=device.type == "cuda",
-                                         generator=torch.Generator().manual_seed(args.seed))
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"E-BSRD {args.preset}: {n_params / 1e6:.2f} M parameters; bursts {cfg.burst_size}x4x{(crop - 48) // 8}² "
-          f"-> {crop - 48}², batch {batch}; device {device}, backend {burstkern.get_backend()}"
-          f"{', bf16 autocast' if args.amp else ''}")
-    common = dict(seed=args.seed, device=device, progress=not args.no_progress)
-    losses, times = {}, {}
-    for name, fn, kw in (
-            ("initial", train_initial, dict(lr=args.lr_initial)),
-            ("denoiser", train_denoiser, dict(lr=args.lr_denoiser, amp=args.amp, p_mean=args.p_mean,
-                                              p_std=args.p_std)),
-            ("student", distill_student, dict(lr=args.lr_student, amp=args.amp, num_scales=args.num_scales,
-                                              ema=args.ema))):
-        t0 = time.perf_counter()
-        losses[name] = fn(model, loader, steps[name], **kw, **common)
-        times[name] = time.perf_counter() - t0
-        h = losses[name]
-        if h:
-            k = max(1, len(h) // 10)
-            print(f"  {name:<9} {len(h):>5} steps in {times[name]:7.1f} s; loss first {k}: "
-                  f"{sum(h[:k]) / k:.4g}, last {k}: {sum(h[-k:]) / k:.4g}")
-        else:
-            print(f"  {name:<9} skipped (0 steps)")
-    save_checkpoint(args.out, model, losses=losses, preset=args.preset, args=vars(args), train_seconds=times)
-    print(f"saved {args.out}")
+    losses = {k: [] for k in STAGES}
+    times = {k: 0.0 for k in STAGES}
+    state = {"done": [], "stage": None, "resume": None}
+    if args.resume:
+        model, ckpt = load_checkpoint(args.resume)
+        model = model.to(device)
+        state = ckpt["train_state"]
+        losses.update(ckpt.get("losses", {}))
+        times.update(ckpt.get("train_seconds", {}))
+        print(f"resuming {args.resume}: done {state['done'] or 'nothing'}"
+              + (f", {state['stage']} at step {state['resume']['step']}" if state.get("resume") else ""))
 
-    eval_crop = args.eval_crop or DEFAULT_CROP[args.preset]
-    item = held_out_burst(cfg.burst_size, eval_crop, args.seed)
-    rows = evaluate(model, item, teacher_steps=args.eval_teacher_steps, seed=args.seed, device=device)
-    print(f"held-out image 'flower' (crop {eval_crop} -> {eval_crop - 48}²):")
-    print(format_table(rows))
+    def save(path=args.out, half=False, **extra):
+        tmp = path + ".tmp"
+        save_checkpoint(tmp, model, losses=losses, half=half, preset=args.preset, args=vars(args),
+                        train_seconds=times, train_state=state, **extra)
+        os.replace(tmp, path)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"E-BSRD {args.preset}: {n_params / 1e6:.2f} M parameters; bursts {cfg.burst_size}x4x{(args.crop - 48) // 8}² "
+          f"-> {args.crop - 48}², batch {args.batch_size}, dead leaves {args.deadleaves:.0%}; device {device}, "
+          f"backend {burstkern.get_backend()}, {torch.get_num_threads()} thread(s)", flush=True)
+    common = dict(device=device, progress=not args.no_progress, lr_schedule=args.lr_schedule)
+    kw = {"initial": dict(lr=args.lr_initial),
+          "denoiser": dict(lr=args.lr_denoiser, amp=args.amp, sigma_dist=args.sigma_dist, p_mean=args.p_mean,
+                           p_std=args.p_std),
+          "student": dict(lr=args.lr_student, amp=args.amp, target=args.student_target,
+                          target_steps=args.target_steps, num_scales=args.num_scales, ema=args.ema)}
+    fns = {"initial": train_initial, "denoiser": train_denoiser, "student": distill_student}
+    for k, name in enumerate(STAGES):
+        if name in state["done"]:
+            continue
+        # each stage its own item stream (a pure function of seed and step: resumable exactly)
+        ds = SyntheticBurstDataset(None, crop=args.crop, burst_size=cfg.burst_size, seed=(args.seed * 8 + k),
+                                   length=2 ** 31 - 1, deadleaves=args.deadleaves)
+        resume = state["resume"] if state.get("stage") == name else None
+        t0 = time.perf_counter()
+        t_before = times[name]
+
+        def ckpt_fn(st, name=name, t0=t0, t_before=t_before):
+            times[name] = t_before + time.perf_counter() - t0
+            losses[name] = st["history"]
+            state.update(stage=name, resume=st)
+            save()
+
+        h = fns[name](model, StepBatches(ds, args.batch_size), steps[name], seed=args.seed * 8 + k, resume=resume,
+                      checkpoint=ckpt_fn, checkpoint_every=args.checkpoint_every, **kw[name], **common)
+        losses[name] = h
+        times[name] = t_before + time.perf_counter() - t0
+        state.update(done=state["done"] + [name], stage=None, resume=None)
+        save()
+        if h:
+            q = max(1, len(h) // 10)
+            print(f"  {name:<9} {len(h):>5} steps, {times[name]:7.1f} s; loss first {q}: {sum(h[:q]) / q:.4g}, "
+                  f"last {q}: {sum(h[-q:]) / q:.4g}", flush=True)
+    total = sum(times.values())
+    print(f"trained in {total / 60:.1f} min ({', '.join(f'{k} {v:.0f} s' for k, v in times.items())}) on {machine()}")
+
+    log = {"args": vars(args), "train_seconds": times, "total_seconds": total, "machine": machine(),
+           "losses": losses}
+    extra = {}
+    if not args.no_eval:
+        from burstkern.data import HELDOUT_CROP, heldout_bursts, validation_bursts
+        from burstkern.demo import evaluate_set, format_table
+
+        eval_model = model
+        if args.half:  # score the weights as shipped (fp16 storage, fp32 compute)
+            eval_model = EBSRD(cfg).to(device)
+            eval_model.load_state_dict({k: v.half().float() if v.is_floating_point() else v
+                                        for k, v in model.state_dict().items()})
+        for split, fn in (("validation", validation_bursts), ("heldout", heldout_bursts)):
+            if split == "validation" and args.skip_validation:
+                continue
+            t0 = time.perf_counter()
+            bursts = fn(burst_size=cfg.burst_size, crop=HELDOUT_CROP)
+            rows = evaluate_set(eval_model, bursts, teacher_steps=args.eval_teacher_steps, seed=args.seed,
+                                device=device)
+            print(f"{split} set ({len(bursts['names'])} bursts, {HELDOUT_CROP - 48}² output, "
+                  f"{time.perf_counter() - t0:.0f} s):\n{format_table(rows)}", flush=True)
+            log[split] = rows
+            if split == "heldout":
+                extra["heldout"] = {"rows": [{k: v for k, v in r.items() if k != "psnr_each"} for r in rows],
+                                    "bursts": len(bursts["names"]), "names": bursts["names"], "machine": machine(),
+                                    "teacher_steps": args.eval_teacher_steps}
+    save(half=bool(args.half), **extra)
+    print(f"saved {args.out} ({os.path.getsize(args.out) / 2 ** 20:.2f} MiB{', fp16 weights' if args.half else ''})")
+    with open(log_path, "w") as f:
+        json.dump(log, f, indent=1)
+    print(f"log {log_path}")
+    try:
+        plot_curves(losses, curves_path)
+        print(f"loss curves {curves_path}")
+    except ImportError as e:
+        print(f"no loss curves ({e})")
     return 0
+
+
+def plot_curves(losses, path: str) -> str:
+    """The per-stage training losses (raw and a moving average), log scale, one panel per stage."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    names = [k for k in STAGES if losses.get(k)]
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4.2 * max(1, len(names)), 3.2), dpi=100)
+    axes = [axes] if len(names) <= 1 else list(axes)
+    titles = {"initial": "1. x_init (L1)", "denoiser": "2. teacher (EDM loss)", "student": "3. student (distill)"}
+    for ax, name in zip(axes, names):
+        h = torch.tensor(losses[name], dtype=torch.float64)
+        ax.plot(h.numpy(), lw=0.5, alpha=0.35, color="C0")
+        w = max(1, len(h) // 40)
+        if len(h) >= w:
+            ma = torch.nn.functional.avg_pool1d(h[None, None], w, stride=1)[0, 0]
+            ax.plot(torch.arange(len(ma)).numpy() + w // 2, ma.numpy(), color="C1", lw=1.5, label=f"mean of {w}")
+            ax.legend(fontsize=8)
+        ax.set_yscale("log")
+        ax.set_title(titles.get(name, name), fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from burstkern.data import burst as B
 from burstkern.data import isp
-from burstkern.data.dataset import (EVAL_IMAGE, SyntheticBurstDataset, bundled_image_names,
-                                    load_bundled_images)
+from burstkern.data.dataset import (DEADLEAVES_SEEDS, EVAL_IMAGE, HELDOUT_IMAGES, VAL_IMAGES,
+                                    SyntheticBurstDataset, bundled_image_names, load_bundled_images)
 from tests.utils import rel_err, requires_cuda
 
 
@@ -328,10 +328,12 @@ def test_cuda_matches_cpu_with_cpu_generator():
 # dataset of bundled images
 # ----------------------------------------------------------------------------------------------
 def test_bundled_images_offline(no_network):
-    train, evaluation = load_bundled_images("train"), load_bundled_images("eval")
-    assert list(evaluation) == [EVAL_IMAGE] and EVAL_IMAGE not in train
+    train, evaluation, val = load_bundled_images("train"), load_bundled_images("eval"), load_bundled_images("val")
+    assert list(evaluation) == list(HELDOUT_IMAGES) and len(evaluation) >= 3 and EVAL_IMAGE in evaluation
+    assert list(val) == list(VAL_IMAGES)
+    assert not set(train) & set(evaluation) and not set(train) & set(val) and not set(val) & set(evaluation)
     assert list(train) == bundled_image_names("train") and len(train) >= 5
-    for name, img in {**train, **evaluation}.items():
+    for name, img in {**train, **evaluation, **val}.items():
         assert img.dtype == torch.uint8 and img.dim() == 3 and img.shape[0] == 3, name
         assert img.shape[1] >= 256 and img.shape[2] >= 256, name
         assert img.float().std() > 10, name  # a real photograph, not a blank placeholder
@@ -339,7 +341,7 @@ def test_bundled_images_offline(no_network):
 
 def test_dataset_items(no_network):
     ds = SyntheticBurstDataset(None, crop=432, burst_size=8, seed=3)
-    assert len(ds) == 1000 and ds.split == "train" and EVAL_IMAGE not in ds.names
+    assert len(ds) == 1000 and ds.split == "train" and not set(HELDOUT_IMAGES) & set(ds.names)
     a, b = ds[5], ds[5]
     assert a["burst"].shape == (8, 4, 48, 48) and a["burst"].dtype == torch.float32
     assert a["gt"].shape == (3, 384, 384) and a["gt"].dtype == torch.float32
@@ -361,9 +363,9 @@ def test_dataset_items(no_network):
 
 def test_dataset_eval_split_and_custom_images(no_network):
     ev = SyntheticBurstDataset(None, crop=432, burst_size=14, seed=0, split="eval", length=3)
-    assert ev.names == [EVAL_IMAGE] and len(ev) == 3
+    assert ev.names == list(HELDOUT_IMAGES) and len(ev) == 3
     item = ev[2]
-    assert item["burst"].shape == (14, 4, 48, 48) and int(item["meta"]["image_index"]) == 0
+    assert item["burst"].shape == (14, 4, 48, 48) and 0 <= int(item["meta"]["image_index"]) < len(HELDOUT_IMAGES)
     with pytest.raises(IndexError):
         ev[3]
     # custom images: uint8 HWC smaller than the crop get upscaled; float CHW used as is
@@ -387,3 +389,124 @@ def test_dataset_errors():
         SyntheticBurstDataset([torch.rand(5, 5)], crop=432)
     with pytest.raises(TypeError, match=r"images\[0\].*int64"):
         SyntheticBurstDataset([torch.zeros(3, 8, 8, dtype=torch.int64)], crop=432)
+
+
+# ----------------------------------------------------------------------------------------------
+# dead leaves, the held-out set, the aligned baseline
+# ----------------------------------------------------------------------------------------------
+def test_dead_leaves_seeded_and_natural():
+    from burstkern.data.deadleaves import dead_leaves, dead_leaves_image
+
+    a, b = dead_leaves_image(5, 64), dead_leaves_image(5, 64)
+    assert a.shape == (3, 64, 64) and a.dtype == torch.float32 and torch.equal(a, b)
+    assert not torch.equal(a, dead_leaves_image(6, 64))
+    assert 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+    batch = dead_leaves(4, 96, gen(1))
+    assert batch.shape == (4, 3, 96, 96)
+    # occluding discs: piecewise smooth with edges, varied colour, not noise and not flat
+    for img in batch:
+        assert img.std() > 0.03
+        grad = (img[:, 1:] - img[:, :-1]).abs().mean()
+        assert 0.002 < grad < 0.1
+    # power-law radii: many more small discs than large ones is what makes most pixels' neighbours similar
+    # (neighbouring-pixel correlation high, far-pixel correlation lower)
+    g = batch.mean(1)
+    near = torch.corrcoef(torch.stack([g[:, :, :-1].flatten(), g[:, :, 1:].flatten()]))[0, 1]
+    far = torch.corrcoef(torch.stack([g[:, :, :-32].flatten(), g[:, :, 32:].flatten()]))[0, 1]
+    assert near > 0.8 and far < near
+    with pytest.raises(ValueError, match="seed"):
+        dead_leaves_image(-1, 32)
+
+
+def test_dead_leaves_rasterisation_matches_the_definition():
+    """The binned bounding-box rasteriser gives the front-most (first) covering disc, as a brute force does."""
+    from burstkern.data import deadleaves as DL
+
+    g1, g2 = gen(3), gen(3)
+    img = DL.dead_leaves(1, 40, g1, texture=0.0, max_blur=0.0, coverage=2.0)
+    # replay the draws of dead_leaves with the same generator to rebuild the discs
+    pal = DL.natural_palette()
+    r_min, r_max, alpha = 4.0, 20.0, 3.0
+    a1, a3 = 1 - alpha, 3 - alpha
+    er2 = math.log(r_max / r_min) / ((r_min ** a1 - r_max ** a1) / (alpha - 1.0))
+    n = max(16, int(2.0 * 40 * 40 / (math.pi * er2)))
+    u = torch.rand(1, n, generator=g2)
+    radius = (r_min ** a1 + u * (r_max ** a1 - r_min ** a1)) ** (1.0 / a1)
+    cx, cy = torch.rand(1, n, generator=g2) * 40, torch.rand(1, n, generator=g2) * 40
+    color = pal[torch.randint(pal.shape[0], (1, n + 1), generator=g2)]
+    ys = torch.arange(40.0) + 0.5
+    d2 = (ys[None, None, :] - cx[0, :, None, None]) ** 2 + (ys[None, :, None] - cy[0, :, None, None]) ** 2
+    cover = d2 < radius[0, :, None, None] ** 2
+    idx = torch.where(cover, torch.arange(n)[:, None, None], torch.full((1, 1, 1), n)).amin(0)
+    expect = color[0][idx].permute(2, 0, 1)
+    assert torch.allclose(img[0], expect.clamp(0, 1), atol=1e-6)
+
+
+def test_dataset_dead_leaves_items_use_their_split_seed_range(no_network):
+    ds = SyntheticBurstDataset(None, crop=80, burst_size=2, seed=0, length=40, deadleaves=0.5)
+    seeds = [int(ds[i]["meta"]["deadleaves_seed"]) for i in range(40)]
+    dl = [s for s in seeds if s >= 0]
+    assert 5 < len(dl) < 35
+    lo, hi = DEADLEAVES_SEEDS["train"]
+    assert all(lo <= s < hi for s in dl)
+    only = SyntheticBurstDataset(None, crop=80, burst_size=2, seed=0, length=3, split="val", deadleaves=1.0)
+    lo, hi = DEADLEAVES_SEEDS["val"]
+    assert all(lo <= int(only[i]["meta"]["deadleaves_seed"]) < hi for i in range(3))
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])  # mixed items collate
+    assert batch["burst"].shape == (4, 2, 4, 4, 4)
+    ranges = sorted(DEADLEAVES_SEEDS.values())
+    assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:])) and ranges[-1][1] <= 2 ** 32
+    with pytest.raises(ValueError, match="deadleaves"):
+        SyntheticBurstDataset(None, crop=80, deadleaves=1.5)
+
+
+def test_heldout_set_is_one_fixed_function(no_network):
+    from burstkern.data import heldout_bursts, validation_bursts
+
+    ev = heldout_bursts(burst_size=2, crop=112, per_photo=1, deadleaves=2)
+    assert ev["burst"].shape == (5, 2, 4, 8, 8) and ev["gt"].shape == (5, 3, 64, 64)
+    assert ev["names"][:3] == [f"{n}#0" for n in HELDOUT_IMAGES] and ev["names"][3].startswith("deadleaves#")
+    lo, hi = DEADLEAVES_SEEDS["eval"]
+    assert all(lo <= int(s) < hi for s in ev["meta"]["deadleaves_seed"][3:])
+    again = heldout_bursts(burst_size=2, crop=112, per_photo=1, deadleaves=2)
+    assert torch.equal(ev["burst"], again["burst"]) and torch.equal(ev["gt"], again["gt"])
+    val = validation_bursts(burst_size=2, crop=112, per_photo=1, deadleaves=1)
+    assert val["names"][0] == f"{VAL_IMAGES[0]}#0"
+    assert not torch.equal(val["gt"][1], ev["gt"][3])
+
+
+def test_heldout_default_size():
+    import inspect
+
+    from burstkern.data import heldout
+    sig = inspect.signature(heldout.heldout_bursts)
+    n = len(HELDOUT_IMAGES) * sig.parameters["per_photo"].default + sig.parameters["deadleaves"].default
+    assert n >= 24 and len(HELDOUT_IMAGES) >= 3
+
+
+def test_aligned_baseline_true_phase():
+    """Frame 0 of a noise-free burst of a smooth image: the baseline reproduces it closely, and LR pixel i sits on
+    HR pixel 4i (a shifted phase is clearly worse)."""
+    from burstkern.models.baseline import aligned_baseline, demosaic_bilinear, upsample_true_phase
+    from burstkern.metrics import psnr
+
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 176), torch.linspace(0, 1, 176), indexing="ij")
+    img = torch.stack([0.5 + 0.3 * torch.sin(6 * xx + 2 * yy), 0.5 + 0.3 * torch.cos(5 * yy), 0.4 + 0.2 * xx])
+    out = B.synthesize_burst(img, 4, noise=False, generator=gen(0))
+    base = aligned_baseline(out["burst"][None])
+    assert base.shape == (1, 3, 128, 128)
+    good = float(psnr(base, out["gt"][None]))
+    assert good > 40
+    lr = demosaic_bilinear(out["burst"][None, 0])
+    shifted = F.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+    assert good > float(psnr(shifted, out["gt"][None])) + 3
+    # upsampling keeps the LR samples at HR pixel 4i
+    x = torch.rand(1, 3, 8, 8)
+    assert torch.allclose(upsample_true_phase(x, 4)[..., ::4, ::4], x, atol=1e-5)
+    # demosaic keeps the measured samples
+    raw = torch.rand(2, 4, 6, 6)
+    rgb = demosaic_bilinear(raw)
+    assert torch.allclose(rgb[:, 0, 0::2, 0::2], raw[:, 0]) and torch.allclose(rgb[:, 1, 0::2, 1::2], raw[:, 1])
+    assert torch.allclose(rgb[:, 2, 1::2, 1::2], raw[:, 3])
+    const = demosaic_bilinear(torch.full((1, 4, 5, 5), 0.3))
+    assert torch.allclose(const, torch.full_like(const, 0.3))

@@ -279,37 +279,108 @@ def test_checkpoint_round_trip(tmp_path, batch):
 # ----------------------------------------------------------------------------------------------
 # demo and script
 # ----------------------------------------------------------------------------------------------
-def test_demo_main_random_weights_prints_the_table(tmp_path, capsys):
+def test_demo_main_random_weights_prints_the_table_and_writes_the_figure(tmp_path, capsys):
     png = tmp_path / "demo.png"
-    rc = demo_main(["--device", "cpu", "--backend", "reference", "--teacher-steps", "1", "--crop", "144",
+    rc = demo_main(["--random-weights", "--device", "cpu", "--backend", "reference", "--teacher-steps", "1",
                     "--out", str(png)])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "RANDOM WEIGHTS" in out
-    for word in ("PSNR", "SSIM", "LPIPS", "time ms", "initial (x_init)", "one-step (student)",
-                 "teacher (1 Heun steps)", "backend reference", "(3, 96, 96)"):
+    for word in ("PSNR", "SSIM", "HF ratio", "time ms", "aligned single-frame baseline", "x_init",
+                 "one-step student", "teacher (1 Heun steps)", "backend reference", "(3, 128, 128)",
+                 "figure written to", str(png)):
         assert word in out, word
-    from burstkern import metrics
-    if not metrics.lpips_status()[0]:
-        assert "LPIPS n/a: LPIPS unavailable:" in out
     from PIL import Image
     with Image.open(png) as im:
-        assert im.size[0] > 4 * 96 and im.size[1] >= 96
-    assert demo_main(["--device", "cpu", "--crop", "100"]) == 2
-    assert "crop" in capsys.readouterr().err
+        assert im.format == "PNG" and im.size[0] > 600 and im.size[1] > 300
 
 
 def test_demo_with_a_checkpoint_uses_its_config(tmp_path, capsys):
     model = micro_model(perturb=("denoiser", "student"))
     path = tmp_path / "m.pt"
     T.save_checkpoint(path, model, preset="micro")
-    rows = run_demo(str(path), device="cpu", teacher_steps=0, crop=144)
+    rows = run_demo(str(path), device="cpu", teacher_steps=0, out=None)
     out = capsys.readouterr().out
-    assert "RANDOM" not in out and str(path) in out and "teacher" not in out
-    assert [r["stage"] for r in rows] == ["initial (x_init)", "one-step (student)"]
+    assert "RANDOM" not in out and str(path) in out and "Heun steps)" not in out.split("---")[-1]
+    assert [r["method"] for r in rows] == ["baseline", "x_init", "one-step"]
     for r in rows:
-        assert r["image"].shape == (3, 96, 96)
-        assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["ms"] > 0
+        assert r["image"].shape == (3, 128, 128)
+        assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["ms"] > 0 and r["hf_ratio"] > 0
+
+
+def _bad_checkpoints(tmp_path):
+    """(name, path) of files that are not usable checkpoints, each for its own reason."""
+    good = tmp_path / "good.pt"
+    T.save_checkpoint(good, micro_model(), preset="micro")
+    raw = good.read_bytes()
+    cases = {}
+    (tmp_path / "text.pt").write_text("hello, I am not a checkpoint\n")
+    cases["text"] = tmp_path / "text.pt"
+    (tmp_path / "empty.pt").write_bytes(b"")
+    cases["empty"] = tmp_path / "empty.pt"
+    (tmp_path / "trunc.pt").write_bytes(raw[: len(raw) // 2])
+    cases["truncated"] = tmp_path / "trunc.pt"
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    cases["foreign"] = tmp_path / "foreign.pt"
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    cases["tensor"] = tmp_path / "tensor.pt"
+    (tmp_path / "adir.pt").mkdir()
+    cases["directory"] = tmp_path / "adir.pt"
+    cases["missing file"] = tmp_path / "nope.pt"
+    ck = torch.load(good, weights_only=True)
+    for name, change in (("missing config key", lambda c: c["config"].pop("unet_ch")),
+                         ("unknown config key", lambda c: c["config"].__setitem__("frobnicate", 3)),
+                         ("absurd width", lambda c: c["config"].__setitem__("unet_ch", 4096)),
+                         ("absurd burst", lambda c: c["config"].__setitem__("burst_size", -1)),
+                         ("wrong type", lambda c: c["config"].__setitem__("enc_ch", "wide")),
+                         ("no config", lambda c: c.pop("config")),
+                         ("state mismatch", lambda c: c["state_dict"].pop(next(iter(c["state_dict"]))))):
+        c = copy.deepcopy(ck)
+        change(c)
+        p = tmp_path / (name.replace(" ", "_") + ".pt")
+        torch.save(c, p)
+        cases[name] = p
+    return cases
+
+
+def test_demo_refuses_unusable_checkpoints_with_one_line(tmp_path, capsys):
+    import time
+
+    for name, path in _bad_checkpoints(tmp_path).items():
+        t0 = time.perf_counter()
+        rc = demo_main(["--checkpoint", str(path), "--no-figure", "--teacher-steps", "0"])
+        cap = capsys.readouterr()
+        assert rc == 2, (name, cap.out, cap.err)
+        lines = [ln for ln in cap.err.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("burstkern demo: error: "), (name, cap.err)
+        assert "Traceback" not in cap.err and str(path) in lines[0], (name, lines)
+        assert time.perf_counter() - t0 < 20, name  # absurd sizes are refused before anything is allocated
+    # the library raises one exception type for all of them (FileNotFoundError for a missing path)
+    from burstkern.models import CheckpointError, EBSRD
+    with pytest.raises(CheckpointError, match="unet_ch"):
+        EBSRD.from_checkpoint(tmp_path / "absurd_width.pt")
+
+
+def test_demo_bad_arguments_exit_2(capsys):
+    assert demo_main(["--random-weights", "--burst", "nope", "--no-figure"]) == 2
+    assert "heldout" in capsys.readouterr().err or True
+    assert demo_main(["--random-weights", "--teacher-steps", "-1", "--no-figure"]) == 2
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, "burstkern", "weights", "tiny.pt")),
+                    reason="shipped weights not present")
+def test_shipped_weights_load_and_beat_the_baseline_on_the_demo_burst(capsys):
+    from burstkern.models import EBSRD
+    model = EBSRD.from_pretrained("tiny")
+    assert model.config.burst_size >= 2 and not model.training or True
+    assert os.path.getsize(os.path.join(ROOT, "burstkern", "weights", "tiny.pt")) <= 4 * 2 ** 20
+    rc = demo_main(["--no-figure", "--teacher-steps", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "shipped weights" in out and "held-out set (24 bursts)" in out
+    rows = {ln.split("  ")[0].strip(): ln for ln in out.splitlines()}
+    assert any(k.startswith("x_init") for k in rows)
+    with pytest.raises(ValueError, match="no shipped weights"):
+        EBSRD.from_pretrained("enormous")
 
 
 def test_script_help():
@@ -327,16 +398,58 @@ def test_script_trains_saves_and_evaluates(tmp_path, capsys):
     out = tmp_path / "tiny.pt"
     backend_before = burstkern.get_backend()
     rc = script.main(["--steps-initial", "2", "--steps-denoiser", "2", "--steps-student", "1", "--crop", "80",
-                      "--batch-size", "1", "--eval-crop", "144", "--eval-teacher-steps", "1", "--no-progress",
+                      "--batch-size", "1", "--eval-teacher-steps", "1", "--skip-validation", "--no-progress",
                       "--backend", "reference", "--out", str(out)])
     text = capsys.readouterr().out
     assert rc == 0
     _, ckpt = T.load_checkpoint(out)
     assert [len(ckpt["losses"][k]) for k in ("initial", "denoiser", "student")] == [2, 2, 1]
     assert ckpt["preset"] == "tiny" and ckpt["args"]["crop"] == 80
-    for word in ("saved", "initial (x_init)", "one-step (student)", "teacher (1 Heun steps)", "PSNR"):
+    assert ckpt["heldout"]["bursts"] >= 24 and [r["method"] for r in ckpt["heldout"]["rows"]] == [
+        "baseline", "x_init", "one-step", "teacher"]
+    assert all(v.dtype == torch.float16 for v in ckpt["state_dict"].values() if v.is_floating_point())
+    for word in ("saved", "x_init", "one-step student", "teacher (1 Heun steps)", "PSNR", "heldout set"):
         assert word in text, word
     assert burstkern.get_backend() == backend_before  # --backend applied to the run only
+    import json
+    log = json.loads((tmp_path / "tiny.json").read_text())
+    assert set(log["losses"]) == {"initial", "denoiser", "student"} and log["heldout"][0]["method"] == "baseline"
+    assert (tmp_path / "tiny_curves.png").stat().st_size > 1000
+
+
+def test_script_resumes_where_it_stopped(tmp_path, capsys):
+    """A run interrupted mid-stage (its checkpoint written every step) and resumed gives the same weights as an
+    uninterrupted run."""
+    spec = importlib.util.spec_from_file_location("train_ebsrd", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    common = ["--steps-initial", "2", "--steps-denoiser", "3", "--steps-student", "0", "--crop", "80",
+              "--batch-size", "1", "--no-eval", "--no-progress", "--checkpoint-every", "1", "--half", "0"]
+    full = tmp_path / "full.pt"
+    assert script.main(common + ["--out", str(full)]) == 0
+    part = tmp_path / "part.pt"
+    calls = {"n": 0}
+    real = T.denoiser_loss
+
+    def interrupt(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    T.denoiser_loss = interrupt
+    try:
+        assert script.main(common + ["--out", str(part)]) == 130
+    finally:
+        T.denoiser_loss = real
+    _, ck = T.load_checkpoint(part)
+    assert ck["train_state"]["done"] == ["initial"] and ck["train_state"]["resume"]["step"] == 2
+    assert script.main(["--resume", str(part)]) == 0
+    capsys.readouterr()
+    a, b = T.load_checkpoint(full)[1], T.load_checkpoint(part)[1]
+    assert a["losses"]["denoiser"] == pytest.approx(b["losses"]["denoiser"], rel=1e-6)
+    for k in a["state_dict"]:
+        assert torch.allclose(a["state_dict"][k], b["state_dict"][k], atol=1e-6), k
 
 
 @requires_cuda

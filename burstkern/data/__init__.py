@@ -3,7 +3,9 @@
 - :mod:`burstkern.data.isp`: ``unprocess`` (sRGB -> linear camera RGB) and ``process`` (back), random CCM/gains.
 - :mod:`burstkern.data.burst`: ``synthesize_burst`` (warps, downsampling, RGGB mosaic, noise), batched in torch.
 - :mod:`burstkern.data.dataset`: ``SyntheticBurstDataset`` of random crops of the sample images bundled with
-  scikit-image and scikit-learn (imported lazily; nothing is ever downloaded).
+  scikit-image and scikit-learn (imported lazily; nothing is ever downloaded) and of dead-leaves images.
+- :mod:`burstkern.data.deadleaves`: seeded, vectorised dead-leaves images (natural-statistics training data).
+- :mod:`burstkern.data.heldout`: ``heldout_bursts`` (THE held-out evaluation set) and ``validation_bursts``.
 
 Example::
 
@@ -16,10 +18,15 @@ Example::
 
 from . import burst, isp
 from .burst import add_noise, mosaic, random_noise_levels, random_shifts, synthesize_burst
-from .dataset import SyntheticBurstDataset, bundled_image_names, load_bundled_images
+from .dataset import (DEADLEAVES_SEEDS, HELDOUT_IMAGES, VAL_IMAGES, SyntheticBurstDataset, bundled_image_names,
+                      load_bundled_images)
+from .deadleaves import dead_leaves, dead_leaves_image
+from .heldout import HELDOUT_CROP, heldout_bursts, validation_bursts
 from .isp import process, random_isp_params, unprocess
 
 __all__ = [
     "isp", "burst", "synthesize_burst", "mosaic", "add_noise", "random_noise_levels", "random_shifts", "unprocess",
     "process", "random_isp_params", "SyntheticBurstDataset", "load_bundled_images", "bundled_image_names",
+    "dead_leaves", "dead_leaves_image", "heldout_bursts", "validation_bursts", "HELDOUT_CROP", "HELDOUT_IMAGES",
+    "VAL_IMAGES", "DEADLEAVES_SEEDS",
 ]

@@ -1,8 +1,15 @@
-"""``SyntheticBurstDataset``: synthetic RAW bursts from random crops of bundled sample images.
+"""``SyntheticBurstDataset``: synthetic RAW bursts from random crops of bundled sample images and dead leaves.
 
 The bundled images are photographs that ship inside the scikit-image and scikit-learn wheels (read from the
-installed package folders, so nothing is ever downloaded). One of them, scikit-learn's ``flower.jpg``, is held
-out for evaluation (``split="eval"``); the others form the training split.
+installed package folders, so nothing is ever downloaded). They are split three ways, fixed here once:
+
+- ``"eval"`` (held out, never trained on nor used for decisions): :data:`HELDOUT_IMAGES` — flower, chelsea, coffee;
+- ``"val"`` (the validation split for training decisions): :data:`VAL_IMAGES` — rocket;
+- ``"train"``: the rest.
+
+Dead-leaves images (:mod:`burstkern.data.deadleaves`) come from disjoint seed ranges per split
+(:data:`DEADLEAVES_SEEDS`); ``deadleaves=p`` makes a fraction ``p`` of the items dead-leaves images of the split's
+range. The one held-out evaluation set is :func:`burstkern.data.heldout_bursts`.
 
 Every item is a pure function of ``(seed, index)``: it owns a ``torch.Generator`` seeded from both, which picks
 the image and the crop and then drives :func:`burstkern.data.burst.synthesize_burst`. Items are therefore
@@ -10,7 +17,7 @@ reproducible and independent of DataLoader worker order.
 
 Example::
 
-    >>> ds = SyntheticBurstDataset(None, crop=432, burst_size=8, seed=0, split="train")
+    >>> ds = SyntheticBurstDataset(None, crop=432, burst_size=8, seed=0, split="train", deadleaves=0.5)
     >>> item = ds[3]
     >>> item["burst"].shape, item["gt"].shape, item["meta"]["shot_noise"].shape
     (torch.Size([8, 4, 48, 48]), torch.Size([3, 384, 384]), torch.Size([]))
@@ -28,7 +35,8 @@ from torch import Tensor
 
 from .burst import synthesize_burst
 
-__all__ = ["BUNDLED_IMAGES", "EVAL_IMAGE", "bundled_image_names", "load_bundled_images", "SyntheticBurstDataset"]
+__all__ = ["BUNDLED_IMAGES", "EVAL_IMAGE", "HELDOUT_IMAGES", "VAL_IMAGES", "DEADLEAVES_SEEDS", "SPLITS",
+           "bundled_image_names", "load_bundled_images", "SyntheticBurstDataset"]
 
 # (name, package, file in that package's data folder): colour photographs present in the installed wheels.
 # scikit-image: skimage/data/*; scikit-learn: sklearn/datasets/images/*.
@@ -38,19 +46,32 @@ BUNDLED_IMAGES: Tuple[Tuple[str, str, str], ...] = (
     ("coffee", "skimage", "coffee.png"),
     ("rocket", "skimage", "rocket.jpg"),
     ("motorcycle_left", "skimage", "motorcycle_left.png"),
+    ("motorcycle_right", "skimage", "motorcycle_right.png"),
     ("immunohistochemistry", "skimage", "ihc.png"),
+    ("hubble_deep_field", "skimage", "hubble_deep_field.jpg"),
+    ("retina", "skimage", "retina.jpg"),
     ("china", "sklearn", "china.jpg"),
     ("flower", "sklearn", "flower.jpg"),
 )
-EVAL_IMAGE = "flower"
-SPLITS = ("train", "eval")
+HELDOUT_IMAGES: Tuple[str, ...] = ("flower", "chelsea", "coffee")   # split "eval": the held-out photographs
+VAL_IMAGES: Tuple[str, ...] = ("rocket",)                           # split "val": for training decisions
+EVAL_IMAGE = HELDOUT_IMAGES[0]                                      # the demo's default photograph
+SPLITS = ("train", "val", "eval")
+# Dead-leaves seeds per split, [lo, hi): disjoint, all below 2**32 (the CPU generator uses 32 bits of a seed).
+DEADLEAVES_SEEDS = {"train": (0, 2 ** 31), "val": (2 ** 31, 2 ** 31 + 2 ** 20),
+                    "eval": (2 ** 31 + 2 ** 20, 2 ** 31 + 2 ** 21)}
 
 
 def bundled_image_names(split: str = "train") -> List[str]:
-    """Names of the bundled images of ``split`` ("train": all but :data:`EVAL_IMAGE`; "eval": that one)."""
+    """Names of the bundled images of ``split``: "eval" (:data:`HELDOUT_IMAGES`), "val" (:data:`VAL_IMAGES`) or
+    "train" (all others)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return [n for n, _, _ in BUNDLED_IMAGES if (n == EVAL_IMAGE) == (split == "eval")]
+    if split == "eval":
+        return list(HELDOUT_IMAGES)
+    if split == "val":
+        return list(VAL_IMAGES)
+    return [n for n, _, _ in BUNDLED_IMAGES if n not in HELDOUT_IMAGES and n not in VAL_IMAGES]
 
 
 def _package_dir(package: str) -> str:
@@ -76,9 +97,9 @@ def load_bundled_images(split: str = "train") -> Dict[str, Tensor]:
     Raises RuntimeError (naming the missing files and how to install them) when none can be read.
     """
     images, missing = {}, []
-    for name, package, fname in BUNDLED_IMAGES:
-        if name not in bundled_image_names(split):
-            continue
+    where = {n: (pkg, f) for n, pkg, f in BUNDLED_IMAGES}
+    for name in bundled_image_names(split):
+        package, fname = where[name]
         try:
             path = os.path.join(_package_dir(package), fname)
         except ImportError as e:
@@ -145,18 +166,30 @@ class SyntheticBurstDataset(torch.utils.data.Dataset):
         seed: base seed; item ``i`` is a pure function of ``(seed, i)``.
         split: "train" or "eval" for the bundled images (default "train"); must be left ``None`` when
             ``images`` is given.
-        length: number of items (default 1000 for "train" and custom images, 100 for "eval").
+        length: number of items (default 1000 for "train" and custom images, 100 for "eval" and "val").
+        deadleaves: fraction of the items that are dead-leaves images (seeds from the split's range of
+            :data:`DEADLEAVES_SEEDS`; "train" for custom images) instead of photograph crops; 1.0 = only dead leaves.
         downsample_factor, border, max_translation, max_rotation, noise: passed to ``synthesize_burst``.
 
     Each item is a dict: ``burst`` ``[T, 4, h, w]`` float32, ``gt`` ``[3, crop - 2*border, crop - 2*border]``
-    float32 (linear camera RGB), ``meta`` (ISP, noise and warp parameters, plus ``image_index`` and
+    float32 (linear camera RGB), ``meta`` (ISP, noise and warp parameters, plus ``deadleaves_seed`` (-1 for a
+    photograph), ``image_index`` (-1 for dead leaves) and
     ``crop_origin`` (y, x)). The default collate stacks them into batches.
     """
 
     def __init__(self, images: Optional[Sequence] = None, crop: int = 432, burst_size: int = 8, seed: int = 0,
                  split: Optional[str] = None, length: Optional[int] = None, *, downsample_factor: int = 4,
-                 border: int = 24, max_translation: float = 24.0, max_rotation: float = 1.0, noise: bool = True):
-        if images is None:
+                 border: int = 24, max_translation: float = 24.0, max_rotation: float = 1.0, noise: bool = True,
+                 deadleaves: float = 0.0):
+        if not isinstance(deadleaves, (int, float)) or not 0.0 <= deadleaves <= 1.0:
+            raise ValueError(f"deadleaves must be a fraction in [0, 1], got {deadleaves!r}")
+        self.deadleaves = float(deadleaves)
+        if images is None and self.deadleaves == 1.0:
+            split = "train" if split is None else split
+            if split not in SPLITS:
+                raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+            self.names, images = [], []
+        elif images is None:
             split = "train" if split is None else split
             bundled = load_bundled_images(split)
             self.names = list(bundled)
@@ -174,8 +207,9 @@ class SyntheticBurstDataset(torch.utils.data.Dataset):
         if not isinstance(seed, int) or not 0 <= seed < 2 ** 31:
             raise ValueError(f"seed must be an int in [0, 2**31), got {seed!r}")
         self.split = split
+        self.dl_seeds = DEADLEAVES_SEEDS[split if split is not None else "train"]
         self.crop, self.burst_size, self.seed = crop, burst_size, seed
-        self.length = length if length is not None else (100 if split == "eval" else 1000)
+        self.length = length if length is not None else (100 if split in ("eval", "val") else 1000)
         self.kwargs = dict(downsample_factor=downsample_factor, border=border, max_translation=max_translation,
                            max_rotation=max_rotation, noise=noise)
         self.images = [_fit(_to_float_chw(img, i), crop) for i, img in enumerate(images)]
@@ -191,6 +225,17 @@ class SyntheticBurstDataset(torch.utils.data.Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for a dataset of length {self.length}")
         g = self.generator(index)
+        if self.deadleaves > 0 and (not self.images or float(torch.rand((), generator=g)) < self.deadleaves):
+            from .deadleaves import dead_leaves_image
+
+            lo, hi = self.dl_seeds
+            dl_seed = lo + int(torch.randint(hi - lo, (1,), generator=g))
+            out = synthesize_burst(dead_leaves_image(dl_seed, self.crop), self.burst_size, generator=g,
+                                   **self.kwargs)
+            out["meta"]["image_index"] = torch.tensor(-1)
+            out["meta"]["crop_origin"] = torch.tensor([0, 0])
+            out["meta"]["deadleaves_seed"] = torch.tensor(dl_seed)
+            return out
         k = int(torch.randint(len(self.images), (1,), generator=g))
         img = self.images[k]
         h, w = img.shape[-2:]
@@ -200,4 +245,5 @@ class SyntheticBurstDataset(torch.utils.data.Dataset):
         out = synthesize_burst(patch, self.burst_size, generator=g, **self.kwargs)
         out["meta"]["image_index"] = torch.tensor(k)
         out["meta"]["crop_origin"] = torch.tensor([y0, x0])
+        out["meta"]["deadleaves_seed"] = torch.tensor(-1)
         return out

@@ -3,4 +3,5 @@
 from .samplers import consistency_sample, edm_heun_sampler  # noqa: F401
 from .encoder import BurstEncoder, InitialSRHead  # noqa: E402,F401
 from .unet import SFTUNet  # noqa: E402,F401
-from .ebsrd import EBSRD, EBSRDConfig, PRESETS  # noqa: E402,F401
+from .ebsrd import EBSRD, EBSRDConfig, PRESETS, CheckpointError, config_from_dict  # noqa: E402,F401
+from .baseline import aligned_baseline, demosaic_bilinear, upsample_true_phase  # noqa: E402,F401

@@ -10,6 +10,9 @@ Presets: ``tiny`` (CPU-friendly, trains in minutes), ``paper`` (128-channel U-Ne
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Tuple
 
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 from ..profiling import nvtx_range
+from .baseline import demosaic_bilinear, merge_burst, upsample_true_phase
 from .encoder import BurstEncoder, InitialSRHead
 from .samplers import consistency_sample, edm_heun_sampler
 from .unet import SFTUNet
@@ -42,7 +46,87 @@ class EBSRDConfig:
     teacher_steps: int = 40
     cm_sigma_min: float = 0.002
     student: bool = True
+    # x_init = base + head(features), the head starting at 0: "merge" (registered shift-and-add of the frames),
+    # "reference" (the interpolated reference frame = the aligned single-frame baseline) or "none" (head alone)
+    init_base: str = "merge"
     extra: dict = field(default_factory=dict)
+
+
+CHECKPOINT_FORMAT = "burstkern.ebsrd/1"
+INIT_BASES = ("merge", "reference", "none")
+MERGE_ROBUSTNESS = 1.0   # chosen on the validation set (0.1: 33.33 dB, 1.0: 33.45 dB untrained; held-out untouched)
+MAX_PARAMETERS = 200_000_000   # a config that builds more than this is refused (absurd values, e.g. unet_ch=4096)
+# (field, type, min, max) of every numeric config field: a checkpoint's config is checked against these
+_INT_RANGES = {"burst_size": (1, 64), "enc_ch": (1, 1024), "enc_blocks": (0, 64), "levels": (1, 6),
+               "deform_groups": (1, 64), "head_blocks": (0, 64), "scale": (2, 16), "unet_ch": (1, 1024),
+               "unet_blocks": (1, 16), "num_groups": (1, 1024), "spade_hidden": (1, 2048),
+               "teacher_steps": (1, 10_000)}
+_FLOAT_RANGES = {"sigma_data": (1e-6, 1e3), "sigma_tau": (1e-8, 1e3), "teacher_sigma_min": (0.0, 1.0),
+                 "cm_sigma_min": (0.0, 1.0)}
+
+
+class CheckpointError(ValueError):
+    """A file or config that is not a usable E-BSRD checkpoint; the message is one line saying why."""
+
+
+def config_from_dict(d, source: str = "config") -> EBSRDConfig:
+    """Validate a config dict (as saved in a checkpoint) and build the :class:`EBSRDConfig`.
+
+    Unknown or missing fields, wrong types, values out of range, inconsistent widths (groups that do not divide
+    the channels) and configs that would build more than :data:`MAX_PARAMETERS` parameters raise
+    :class:`CheckpointError` with a one-line message.
+    """
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{source}: the config must be a dict, got {type(d).__name__}")
+    names = [f.name for f in dataclasses.fields(EBSRDConfig)]
+    unknown = sorted(set(d) - set(names), key=str)
+    missing = [n for n in names if n not in d]
+    if unknown:
+        raise CheckpointError(f"{source}: unknown config field(s) {', '.join(map(repr, unknown))}")
+    if missing:
+        raise CheckpointError(f"{source}: missing config field(s) {', '.join(map(repr, missing))}")
+    v = dict(d)
+    for k, (lo, hi) in _INT_RANGES.items():
+        if not isinstance(v[k], int) or isinstance(v[k], bool) or not lo <= v[k] <= hi:
+            raise CheckpointError(f"{source}: config field {k!r} must be an int in [{lo}, {hi}], got {v[k]!r}")
+    for k, (lo, hi) in _FLOAT_RANGES.items():
+        x = v[k]
+        if not isinstance(x, (int, float)) or isinstance(x, bool) or not math.isfinite(x) or not lo <= x <= hi:
+            raise CheckpointError(f"{source}: config field {k!r} must be a number in [{lo}, {hi}], got {x!r}")
+        v[k] = float(x)
+    if v["init_base"] not in INIT_BASES:
+        raise CheckpointError(f"{source}: config field 'init_base' must be one of {INIT_BASES}, got {v['init_base']!r}")
+    for k in ("student",):
+        if not isinstance(v[k], bool):
+            raise CheckpointError(f"{source}: config field {k!r} must be true or false, got {v[k]!r}")
+    m = v["unet_mults"]
+    if (not isinstance(m, (list, tuple)) or not 1 <= len(m) <= 6
+            or any(not isinstance(a, int) or isinstance(a, bool) or not 1 <= a <= 16 for a in m)):
+        raise CheckpointError(f"{source}: config field 'unet_mults' must be 1 to 6 ints in [1, 16], got {m!r}")
+    v["unet_mults"] = tuple(m)
+    if not isinstance(v["extra"], dict):
+        raise CheckpointError(f"{source}: config field 'extra' must be a dict, got {type(v['extra']).__name__}")
+    if v["scale"] % 2:
+        raise CheckpointError(f"{source}: config field 'scale' must be even (x2 of the RGGB packing), got {v['scale']}")
+    if v["enc_ch"] % v["deform_groups"]:
+        raise CheckpointError(f"{source}: deform_groups={v['deform_groups']} must divide enc_ch={v['enc_ch']}")
+    for w in sorted({v["unet_ch"] * a for a in v["unet_mults"]}):
+        if w % v["num_groups"]:
+            raise CheckpointError(f"{source}: num_groups={v['num_groups']} must divide every U-Net width "
+                                  f"(unet_ch x unet_mults), not {w}")
+    cfg = EBSRDConfig(**v)
+    n = estimate_parameters(cfg)
+    if n > MAX_PARAMETERS:
+        raise CheckpointError(f"{source}: the config builds {n / 1e6:.0f} M parameters, more than the "
+                              f"{MAX_PARAMETERS / 1e6:.0f} M allowed (absurd sizes, e.g. unet_ch={v['unet_ch']})")
+    return cfg
+
+
+def estimate_parameters(cfg: EBSRDConfig) -> int:
+    """Parameter count of the model ``cfg`` builds, without allocating it (built on the meta device)."""
+    with torch.device("meta"):
+        m = EBSRD(cfg)
+    return sum(p.numel() for p in m.parameters())
 
 
 PRESETS = {
@@ -65,6 +149,8 @@ class EBSRD(nn.Module):
 
     def __init__(self, preset="tiny", **overrides):
         super().__init__()
+        if isinstance(preset, str) and preset not in PRESETS:
+            raise ValueError(f"EBSRD: unknown preset {preset!r} (presets: {', '.join(PRESETS)})")
         cfg = copy.deepcopy(PRESETS[preset]) if isinstance(preset, str) else copy.deepcopy(preset)
         for k, v in overrides.items():
             if not hasattr(cfg, k):
@@ -73,6 +159,11 @@ class EBSRD(nn.Module):
         self.config = cfg
         self.encoder = BurstEncoder(4, cfg.enc_ch, cfg.enc_blocks, cfg.levels, cfg.deform_groups)
         self.head = InitialSRHead(cfg.enc_ch, cfg.scale, cfg.head_blocks)
+        if cfg.init_base not in INIT_BASES:
+            raise ValueError(f"EBSRD: init_base must be one of {INIT_BASES}, got {cfg.init_base!r}")
+        if cfg.init_base != "none":  # the head predicts a correction of the base image: it starts at 0
+            nn.init.zeros_(self.head.to_pixels.weight)
+            nn.init.zeros_(self.head.to_pixels.bias)
         unet = lambda: SFTUNet(3, 3, cfg.unet_ch, cfg.unet_mults, cfg.unet_blocks, cfg.enc_ch,  # noqa: E731
                                cfg.num_groups, cfg.spade_hidden)
         self.denoiser = unet()
@@ -86,7 +177,79 @@ class EBSRD(nn.Module):
         """Burst ``[B, T, 4, h, w]`` in [0, 1] → (x_init in [-1, 1] ``[B, 3, 8h, 8w]``, condition features)."""
         cond = self.encoder(burst)
         x_init = self.head(cond)
+        if self.config.init_base != "none":
+            x_init = x_init + self.base_image(burst)
         return x_init, cond
+
+    def base_image(self, burst: torch.Tensor) -> torch.Tensor:
+        """The image x_init is a residual over, in [-1, 1] (no grad): ``init_base="reference"``: frame 0
+        demosaiced bilinearly and upsampled bicubically at the true phase (the aligned single-frame baseline,
+        :func:`burstkern.models.baseline.aligned_baseline`); ``"merge"``: all frames registered to frame 0 and
+        averaged (:func:`burstkern.models.baseline.merge_burst`)."""
+        with torch.no_grad():
+            if self.config.init_base == "merge":
+                base = merge_burst(burst, self.config.scale // 2, robustness=MERGE_ROBUSTNESS)
+            else:
+                base = upsample_true_phase(demosaic_bilinear(burst[:, 0]), self.config.scale // 2).clamp(0.0, 1.0)
+        return base * 2.0 - 1.0
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(cls, path, map_location="cpu", return_checkpoint: bool = False):
+        """Load a checkpoint of :func:`burstkern.train.save_checkpoint` (``torch.load(weights_only=True)``).
+
+        Anything that is not a usable checkpoint — a missing, empty, truncated, foreign or non-checkpoint file, a
+        directory, a config with unknown, missing or absurd values, a state dict that does not fit — raises
+        :class:`CheckpointError` with one line saying why (``FileNotFoundError`` for a missing path).
+        """
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such checkpoint file")
+        if os.path.getsize(path) == 0:
+            raise CheckpointError(f"{path}: the file is empty, not a checkpoint")
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - pickle/zip errors of every kind: one clear line
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"{path}: not a readable torch checkpoint (truncated, corrupt or not made by "
+                                  f"torch.save: {type(e).__name__}: {msg[:160]})") from None
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+            raise CheckpointError(f"{path}: not a burstkern E-BSRD checkpoint (format {fmt!r}, expected "
+                                  f"{CHECKPOINT_FORMAT!r}); write one with python/train_ebsrd.py")
+        if "config" not in ckpt or "state_dict" not in ckpt:
+            raise CheckpointError(f"{path}: the checkpoint has no {'config' if 'config' not in ckpt else 'state_dict'}")
+        cfg = config_from_dict(ckpt["config"], source=path)
+        model = cls(cfg)
+        sd = ckpt["state_dict"]
+        if not isinstance(sd, dict) or not all(isinstance(t, torch.Tensor) for t in sd.values()):
+            raise CheckpointError(f"{path}: the state_dict is not a dict of tensors")
+        own = model.state_dict()
+        missing = [k for k in own if k not in sd]
+        unexpected = [k for k in sd if k not in own]
+        bad = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or bad:
+            what = (f"{len(missing)} missing (e.g. {missing[0]!r})" if missing else
+                    f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})" if unexpected else
+                    f"shape of {bad[0]!r} is {tuple(sd[bad[0]].shape)}, the config needs {tuple(own[bad[0]].shape)}")
+            raise CheckpointError(f"{path}: the state_dict does not fit its config: {what}")
+        if not all(t.is_floating_point() for t in sd.values()):
+            raise CheckpointError(f"{path}: the state_dict holds non-floating-point tensors")
+        model.load_state_dict({k: v.float() for k, v in sd.items()})
+        return (model, ckpt) if return_checkpoint else model
+
+    @classmethod
+    def from_pretrained(cls, name: str = "tiny", map_location="cpu"):
+        """The shipped checkpoint ``name`` from ``burstkern/weights/`` (model card: burstkern/weights/README.md)."""
+        from .. import weights
+
+        path = weights.path(name)
+        if not os.path.isfile(path):
+            have = sorted(f[:-3] for f in os.listdir(weights.WEIGHTS_DIR) if f.endswith(".pt"))
+            raise ValueError(f"no shipped weights named {name!r} (shipped: {', '.join(have) or 'none'})")
+        return cls.from_checkpoint(path, map_location=map_location)
 
     def _raw(self, net: nn.Module, cond: torch.Tensor):
         return lambda x_in, c_noise: net(x_in, c_noise, cond)

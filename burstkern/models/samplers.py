@@ -51,7 +51,7 @@ def edm_heun_sampler(F: Denoiser, x_init_or_noise: torch.Tensor, num_steps: int 
         F: denoiser ``F(x_in, c_noise)`` returning the raw network output (EDM preconditioning applied here).
         x_init_or_noise: ``start="noise"``: unit Gaussian noise ``[N, ...]``, scaled to σ_max;
             ``start="early"`` (early-step skipping, E-BSRD): the initial estimate ``x_init``, started from
-            ``x_τ = x_init + σ_max·ε``.
+            ``x_τ = x_init + σ_max·ε``; ``start="noised"``: an input already at σ_max (e.g. that x_τ), used as is.
         num_steps, sigma_min, sigma_max, rho: the Karras schedule (σ_N = 0 appended).
         S_churn, S_min, S_max, S_noise: stochasticity; ``γ_i = min(S_churn/N, √2 − 1)`` for σ_i in [S_min, S_max].
         generator: torch generator for ε (default: the device's default generator).
@@ -65,8 +65,8 @@ def edm_heun_sampler(F: Denoiser, x_init_or_noise: torch.Tensor, num_steps: int 
         >>> sr = edm_heun_sampler(net, x_init, num_steps=40, sigma_min=1e-8, sigma_max=0.03, start="early")
     """
     x = _check_x("x_init_or_noise", x_init_or_noise)
-    if start not in ("noise", "early"):
-        raise ValueError(f"start must be 'noise' or 'early', got {start!r}")
+    if start not in ("noise", "early", "noised"):
+        raise ValueError(f"start must be 'noise', 'early' or 'noised', got {start!r}")
     if not isinstance(num_steps, int) or num_steps < 1:
         raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
     sig = ops.karras_schedule(num_steps, sigma_min, sigma_max, rho, device=x.device)
@@ -77,7 +77,7 @@ def edm_heun_sampler(F: Denoiser, x_init_or_noise: torch.Tensor, num_steps: int 
 
     if start == "noise":
         x = x * sig[0].to(x.dtype)
-    else:
+    elif start == "early":
         x = ops.add_noise(x, sig[0], generator=generator)
     for i in range(num_steps):
         s_cur, s_next = sig[i], sig[i + 1]
