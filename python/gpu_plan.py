@@ -164,7 +164,8 @@ def quick_plan(data: dict | None = None) -> dict:
     if total > data["limits"]["quick_budget_s"]:
         problems.append(f"quick estimate {total} s leaves no margin under the script's budget "
                         f"{data['limits']['quick_budget_s']} s")
-    return {"mode": "quick", "stages": stages, "total_s": total, "limit_s": limit, "problems": problems}
+    return {"mode": "quick", "stages": stages, "total_s": total, "limit_s": limit, "problems": problems,
+            "test_ids": ids}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,7 +207,7 @@ def full_units(data: dict | None = None) -> tuple:
             units.append({"kind": "bench", "target": f"{path}#{k + 1}/{m}", "n": len(chunk),
                           "est_s": round(load[k], 1), "ids": chunk})
     units.append({"kind": "ncu", "target": "python/gpu_ncu.py", "n": 1, "est_s": f["ncu"]["seconds"]})
-    return units, problems
+    return units, problems, {"tests": ids, "benchmarks": bids}
 
 
 def pack(units: list, n_parts: int) -> list:
@@ -236,7 +237,7 @@ def parts_needed(units, data) -> int:
 
 def full_plan(part: str | None = None, data: dict | None = None) -> dict:
     data = data or load_data()
-    units, problems = full_units(data)
+    units, problems, collected = full_units(data)
     n_needed = parts_needed(units, data)
     if part:
         k, n = (int(v) for v in part.split("/"))
@@ -257,7 +258,15 @@ def full_plan(part: str | None = None, data: dict | None = None) -> dict:
         if u["kind"] != "ncu" and not os.path.exists(os.path.join(ROOT, u["target"].split("#")[0])):
             problems.append(f"plan names {u['target']}, which does not exist")
     return {"mode": "full", "parts_needed": n_needed, "n_parts": n, "overhead_s": round(over),
-            "parts": summary if k is None else [summary[k - 1]], "problems": problems}
+            "parts": summary if k is None else [summary[k - 1]], "problems": problems, "collected": collected}
+
+
+def commands(part: dict) -> list:
+    """What one part runs, as gpu_run.sh reads it: 'TESTS files...', 'BENCH node ids...', 'NCU'."""
+    tests = [u["target"] for u in part["units"] if u["kind"] == "tests"]
+    bench = [i for u in part["units"] if u["kind"] == "bench" for i in u["ids"]]
+    lines = (["TESTS " + " ".join(tests)] if tests else []) + (["BENCH " + " ".join(bench)] if bench else [])
+    return lines + (["NCU"] if any(u["kind"] == "ncu" for u in part["units"]) else [])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,18 +303,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     plan = quick_plan() if args.mode == "quick" else full_plan(args.part)
     if args.commands:
-        (p,) = plan["parts"]
-        tests = [u["target"] for u in p["units"] if u["kind"] == "tests"]
-        bench = [i for u in p["units"] if u["kind"] == "bench" for i in u["ids"]]
-        if tests:
-            print("TESTS " + " ".join(tests))
-        if bench:
-            print("BENCH " + " ".join(bench))
-        if any(u["kind"] == "ncu" for u in p["units"]):
-            print("NCU")
+        if args.mode != "full" or not args.part:
+            raise SystemExit("--commands needs full --part K/N")
+        print("\n".join(commands(plan["parts"][0])))
         return 0
     if args.json:
-        print(json.dumps(plan, indent=1, default=str))
+        print(json.dumps({k: v for k, v in plan.items() if k not in ("test_ids", "collected")}, indent=1, default=str))
     else:
         (_print_quick if args.mode == "quick" else _print_full)(plan)
         for pr in plan["problems"]:

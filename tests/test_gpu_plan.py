@@ -56,7 +56,7 @@ def test_dry_run_estimate_within_8_minutes():
 def test_plan_names_only_existing_tests_and_benchmarks(plan):
     assert not plan["problems"], plan["problems"]
     assert plan["total_s"] <= plan["limit_s"] == 480
-    ids = _collect("-m", "gpu", "tests/test_gpu.py")
+    ids = plan["test_ids"]
     functions = {i.split("::")[-1].split("[")[0] for i in ids}
     tests = next(s for s in plan["stages"] if s["name"] == "tests")
     assert tests["n"] == len(ids) > 100
@@ -77,17 +77,17 @@ def test_plan_names_only_existing_tests_and_benchmarks(plan):
             assert st["est_s"] <= st["cap_s"], st
 
 
-def test_every_test_gpu_case_is_marked_gpu():
+def test_every_test_gpu_case_is_marked_gpu(plan):
     assert _collect("-m", "not gpu", "tests/test_gpu.py") == []
-    assert len(_collect("tests/test_gpu.py")) == len(_collect("-m", "gpu", "tests/test_gpu.py")) > 0
+    assert all(i.startswith("tests/test_gpu.py::") for i in plan["test_ids"])
 
 
-def test_sanitizer_plan_covers_every_family_and_dtype():
+def test_sanitizer_plan_covers_every_family_and_dtype(capsys):
     san = _load("gpu_sanitize")
     calls = san.plan(["native", "triton"])
     assert len(calls) == len(set(calls)) == 2 * len(san.FAMILIES) * 3
-    out = _run([sys.executable, "python/gpu_sanitize.py", "--list"])
-    assert out.returncode == 0 and f"calls={len(calls)}" in out.stdout
+    assert san.main(["--list"]) == 0
+    assert f"calls={len(calls)}" in capsys.readouterr().out
 
 
 def test_full_parts_fit_ten_minutes():
@@ -104,10 +104,11 @@ def test_full_parts_fit_ten_minutes():
     assert len(files) == len(set(files)) and "tests/test_gpu.py" in files
     bench_ids = [i for u in units if u["kind"] == "bench" for i in u["ids"]]
     assert len(bench_ids) == len(set(bench_ids))
-    assert sorted(bench_ids) == sorted(_collect("benchmarks"))
-    out = _run([sys.executable, "python/gpu_plan.py", "full", "--part", f"1/{n}", "--commands"])
-    assert out.returncode == 0 and out.stdout.strip(), out.stderr
-    assert all(ln.split()[0] in ("TESTS", "BENCH", "NCU") for ln in out.stdout.splitlines())
+    assert sorted(bench_ids) == sorted(full["collected"]["benchmarks"])
+    assert {i.split("::")[0] for i in full["collected"]["tests"]} == set(files)
+    lines = [ln for p in full["parts"] for ln in gp.commands(p)]
+    assert all(ln.split()[0] in ("TESTS", "BENCH", "NCU") for ln in lines)
+    assert sum(ln == "NCU" for ln in lines) == 1 and n == full["parts_needed"]
 
 
 def test_pack_is_balanced_and_complete():
