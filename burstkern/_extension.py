@@ -43,7 +43,8 @@ class ExtensionState:
     loaded: bool
     error: Optional[str]
     cuda: bool = False          # CUDA kernels compiled in
-    cpu_kernels: bool = False   # the real C++ CPU kernels (not only the test loops)
+    cpu_kernels: bool = False   # the real C++ CPU kernels of every op family
+    cpu_ops: frozenset = frozenset()  # the op families whose CPU kernels are the real ones ("deform_conv", ...)
     testing: bool = False       # test machinery (SIMT emulation, poisoning, test ops) compiled in
     cpu_path: str = ""          # the vector path the CPU kernels run ("avx512", "avx2", "default")
     flags: str = ""
@@ -63,8 +64,9 @@ def _state_of_loaded() -> ExtensionState:
     if hasattr(ops, "build_flags"):
         text = str(ops.build_flags())
         f = _parse_flags(text)
+        fams = frozenset(x for x in f.get("cpu_ops", "").split(",") if x and x != "none")
         return ExtensionState(True, None, cuda=f.get("cuda") == "1", cpu_kernels=f.get("cpu_kernels") == "1",
-                              testing=f.get("testing") == "1", cpu_path=f.get("cpu_vec", ""), flags=text)
+                              cpu_ops=fams, testing=f.get("testing") == "1", cpu_path=f.get("cpu_vec", ""), flags=text)
     # an older build without build_flags: CUDA kernels and the GPU-order CPU test loops only
     info = build_info()
     return ExtensionState(True, None, cuda=bool(info.get("built")), cpu_kernels=False,

@@ -99,6 +99,8 @@ class Supports:
     """What a kernel takes: for each device type it runs, the dtypes (of the call's first floating tensor)."""
 
     dtypes: Tuple[Tuple[str, FrozenSet[torch.dtype]], ...] = (("cpu", ALL_FLOATS), ("cuda", ALL_FLOATS))
+    # devices this build has no kernel for, and why (reason NOT_BUILT): e.g. a family's CPU kernels missing
+    missing: Tuple[Tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, **by_device: Iterable[torch.dtype]) -> "Supports":
@@ -106,6 +108,9 @@ class Supports:
         return cls(tuple((dev, frozenset(dts)) for dev, dts in by_device.items()))
 
     def check(self, backend: str, op: str, device_type: str, dtype: Optional[torch.dtype]) -> Availability:
+        why = dict(self.missing).get(device_type)
+        if why is not None:
+            return Availability(False, Reason.NOT_BUILT, why, BUILD_HINT)
         table = dict(self.dtypes)
         if device_type not in table:
             return Availability(False, Reason.WRONG_DEVICE,
@@ -311,9 +316,9 @@ def _backend_state(name: str, device_type: str) -> Availability:
                 return Availability(False, Reason.NO_DEVICE, "no CUDA GPU is visible to torch")
             return OK
         if device_type == "cpu":
-            if not ext.cpu_kernels:
+            if not ext.cpu_ops:
                 return Availability(False, Reason.NOT_BUILT, "this burstkern._C has no CPU kernels", BUILD_HINT)
-            return OK
+            return OK  # per op family: the kernels' Supports (ops._common.native_supports)
         return Availability(False, Reason.WRONG_DEVICE, f"burstkern._C has no kernels for {device_type} tensors")
     raise ValueError(f"unknown backend {name!r}")
 

@@ -21,6 +21,20 @@ NATIVE = Supports.of(cpu=ALL_FLOATS, cuda=GPU_FLOATS)
 TRITON = Supports.of(cpu=GPU_FLOATS, cuda=GPU_FLOATS)
 
 
+def native_supports(family: str) -> Supports:
+    """NATIVE when the loaded burstkern._C has ``family``'s real CPU kernels; else CUDA only (a test build's CPU
+    path of that family, the GPU-order loops, is reachable through ``registry.testing.available`` alone)."""
+    from .. import _extension
+
+    st = _extension.state()
+    if family in st.cpu_ops:
+        return NATIVE
+    if st.testing:
+        return Supports.of(cpu=GPU_FLOATS, cuda=GPU_FLOATS)
+    return Supports(Supports.of(cuda=GPU_FLOATS).dtypes,
+                    missing=(("cpu", f"this burstkern._C has no CPU kernels for the {family} ops"),))
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the math runs in: fp64 stays fp64, everything else computes in fp32."""
     return torch.float64 if dtype == torch.float64 else torch.float32

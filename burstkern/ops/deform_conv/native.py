@@ -25,10 +25,12 @@ from . import op as O
 
 _B = torch.ops.burstkern_C
 
-register_kernel(O.OP, "native", lambda *args: _B.deform_conv2d(*args), supports=C.NATIVE)  # _B looked up per call: tests spy on it
+_SUPPORTS = C.native_supports("deform_conv")
+# _B is looked up per call: tests spy on it
+register_kernel(O.OP, "native", lambda *args: _B.deform_conv2d(*args), supports=_SUPPORTS)
 
 
-@register_kernel(O.OP_BWD, "native", supports=C.NATIVE)
+@register_kernel(O.OP_BWD, "native", supports=_SUPPORTS)
 def deform_conv2d_backward(grad, input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask):
     grads = _B.deform_conv2d_backward(grad, input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask)
     return tuple(C.match_layout(g, lay) for g, lay in zip(grads, O._backward_layouts(input, offset, weight, bias,

@@ -25,71 +25,35 @@ from . import op as O
 _B = torch.ops.burstkern_C
 
 
-def _fmt(x: torch.Tensor, *ts):
-    """x and ts in x's memory format (contiguous or channels_last): the flat layout the kernels require."""
-    fmt = C.memory_format_of(x)
-    return [None if t is None else C.to_format(t, fmt) for t in (x,) + ts]
+# op -> (the argument whose layout the others take, the arguments the kernels walk as flat arrays in that layout)
+_FLAT = {
+    O.OP_SCALINGS: (0, (0,)),
+    O.OP_COMBINE: (0, (0, 1)),
+    O.OP_COMBINE_BWD: (2, (0, 1, 2, 3)),
+    O.OP_EULER: (0, (0, 1)),
+    O.OP_HEUN: (0, (0, 1, 2, 3)),
+    O.OP_ADD_NOISE: (0, (0, 4)),
+    O.OP_CM: (0, (0, 1, 7)),
+    O.OP_CM_BWD: (1, (0, 1, 2)),
+    O.OP_LOSS: (0, (0, 1, 2)),
+    O.OP_LOSS_BWD: (1, (1, 2, 3)),
+}
 
 
-@register_kernel(O.OP_SCALINGS, "native", supports=C.NATIVE)
-def denoise_scalings(sigma, sd, smin, mode):
-    return _B.denoise_scalings(sigma.contiguous(), sd, smin, mode == "cm")
+def _flat_kernel(name: str, ref: int, flat: tuple):
+    def kernel(*args):
+        fmt = C.memory_format_of(args[ref])
+        args = list(args)
+        for i in flat:
+            if args[i] is not None and args[i].numel() > 0:  # empty placeholders pass through
+                args[i] = C.to_format(args[i], fmt)
+        return getattr(_B, name)(*args)  # looked up per call: tests spy on _B
+
+    return kernel
 
 
-@register_kernel(O.OP_COMBINE, "native", supports=C.NATIVE)
-def denoise_combine_forward(x, F, sigma, sd, smin, mode, return_d):
-    x, F = _fmt(x, F)
-    return _B.denoise_combine(x, F, sigma, sd, smin, mode == "cm", return_d)
-
-
-@register_kernel(O.OP_COMBINE_BWD, "native", supports=C.NATIVE)
-def denoise_combine_backward(grad_D, grad_d, x, F, sigma, sd, smin, mode, return_d, need_sigma):
-    # grad_d is an empty placeholder when d was not returned
-    has_gd = return_d and grad_d.numel() == x.numel() and x.numel() > 0
-    x, F, grad_D, grad_d = _fmt(x, F, grad_D, grad_d if has_gd else None)
-    return _B.denoise_combine_backward(grad_D, grad_d, x, F, sigma, sd, smin, mode == "cm", need_sigma)
-
-
-@register_kernel(O.OP_EULER, "native", supports=C.NATIVE)
-def edm_euler_update(x, F, sigma, sigma_next, sd):
-    x, F = _fmt(x, F)
-    return _B.edm_euler_update(x, F, sigma, sigma_next, sd)
-
-
-@register_kernel(O.OP_HEUN, "native", supports=C.NATIVE)
-def edm_heun_update(x_hat, d, x_next, F_next, sigma_hat, sigma_next, sd):
-    x_hat, d, x_next, F_next = _fmt(x_hat, d, x_next, F_next)
-    return _B.edm_heun_update(x_hat, d, x_next, F_next, sigma_hat, sigma_next, sd)
-
-
-@register_kernel(O.OP_ADD_NOISE, "native", supports=C.NATIVE)
-def add_noise(x, sigma, sigma_base, s_noise, noise, seed):
-    x, noise = _fmt(x, noise)
-    return _B.add_noise(x, sigma, sigma_base, s_noise, noise, seed)
-
-
-@register_kernel(O.OP_CM, "native", supports=C.NATIVE)
-def cm_update(x, F, sigma, smin, sd, sigma_next, clamp, noise, seed):
-    x, F, noise = _fmt(x, F, noise)
-    return _B.cm_update(x, F, sigma, smin, sd, sigma_next, clamp, noise, seed)
-
-
-@register_kernel(O.OP_CM_BWD, "native", supports=C.NATIVE)
-def cm_update_backward(grad, x, F, sigma, smin, sd, clamp):
-    x, F, grad = _fmt(x, F, grad)
-    return _B.cm_update_backward(grad, x, F, sigma, smin, sd, clamp)
-
-
-@register_kernel(O.OP_LOSS, "native", supports=C.NATIVE)
-def edm_loss_forward(x, F, y, sigma, sd):
-    x, F, y = _fmt(x, F, y)
-    return _B.edm_loss(x, F, y, sigma, sd)
-
-
-@register_kernel(O.OP_LOSS_BWD, "native", supports=C.NATIVE)
-def edm_loss_backward(grad, x, F, y, sigma, sd):
-    x, F, y = _fmt(x, F, y)
-    return _B.edm_loss_backward(grad, x, F, y, sigma, sd)
+for _name, (_ref, _flat) in _FLAT.items():
+    register_kernel(_name, "native", _flat_kernel(_name, _ref, _flat), supports=C.native_supports("denoise"))
 
 
 def randn(seed: torch.Tensor, offsets: torch.Tensor):
@@ -99,4 +63,6 @@ def randn(seed: torch.Tensor, offsets: torch.Tensor):
 
         >>> z, words = randn(torch.tensor([7]), torch.arange(10))
     """
+    if not hasattr(_B, "denoise_randn"):
+        raise RuntimeError("burstkern_C::denoise_randn is a test op: build with BURSTKERN_TESTING=1")
     return _B.denoise_randn(seed, offsets)

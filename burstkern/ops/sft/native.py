@@ -28,6 +28,9 @@ from . import op as O
 _B = torch.ops.burstkern_C
 
 
+_SUPPORTS = C.native_supports("sft")
+
+
 def _mergeable(t: torch.Tensor) -> bool:
     _, _, h, w = t.shape
     return h * w == 1 or w == 1 or h == 1 or t.stride(2) == w * t.stride(3)
@@ -46,30 +49,26 @@ def _prep(x, gamma, beta, grad=None):
             None if grad is None else C.to_format(grad, fmt))
 
 
-@register_kernel(O.OP_MOD, "native", supports=C.NATIVE)
+@register_kernel(O.OP_MOD, "native", supports=_SUPPORTS)
 def sft_modulate_forward(x, gamma, beta, act, slope):
     xc, g, b, _ = _prep(x, gamma, beta)
     return _B.sft_modulate(xc, g, b, act, slope)
 
 
-@register_kernel(O.OP_MOD_BWD, "native", supports=C.NATIVE)
+@register_kernel(O.OP_MOD_BWD, "native", supports=_SUPPORTS)
 def sft_modulate_backward(grad, x, gamma, beta, act, slope):
     xc, g, b, gr = _prep(x, gamma, beta, grad)
     return _B.sft_modulate_backward(gr, xc, g, b, act, slope)
 
 
-@register_kernel(O.OP_GN, "native", supports=C.NATIVE)
+@register_kernel(O.OP_GN, "native", supports=_SUPPORTS)
 def sft_group_norm_forward(x, gamma, beta, num_groups, weight, bias, eps, act, slope):
     xc, g, b, _ = _prep(x, gamma, beta)
     return _B.sft_group_norm(xc, g, b, num_groups, weight, bias, eps, act, slope)
 
 
-@register_kernel(O.OP_GN_BWD, "native", supports=C.NATIVE)
+@register_kernel(O.OP_GN_BWD, "native", supports=_SUPPORTS)
 def sft_group_norm_backward(grad, x, gamma, beta, num_groups, weight, bias, mean, rstd, eps, act, slope):
     xc, g, b, gr = _prep(x, gamma, beta, grad)
-    extra = (eps,) if _BWD_TAKES_EPS else ()
     return _B.sft_group_norm_backward(gr, xc, g, b, num_groups, weight, bias, mean.contiguous(), rstd.contiguous(),
-                                      *extra, act, slope)
-
-
-_BWD_TAKES_EPS = any(a.name == "eps" for a in _B.sft_group_norm_backward.default._schema.arguments)
+                                      eps, act, slope)
