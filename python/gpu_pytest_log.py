@@ -28,6 +28,14 @@ def _first_line(report) -> str:
     return (lines[0] if lines else "")[:300]
 
 
+_WORKER = False
+
+
+def pytest_configure(config):
+    global _WORKER
+    _WORKER = hasattr(config, "workerinput")  # an xdist worker: its reports reach the controller, which logs them
+
+
 @pytest.hookimpl(tryfirst=True)  # before the report is built from item.user_properties
 def pytest_runtest_makereport(item, call):
     if call.when == "call":
@@ -39,7 +47,7 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_runtest_logreport(report):
     path = os.environ.get("GPU_TEST_LOG")
-    if not path:
+    if not path or _WORKER:
         return
     if report.when != "call" and report.passed:
         return  # setup/teardown lines only when they fail or skip

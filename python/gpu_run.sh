@@ -78,6 +78,11 @@ export GPU_TEST_LOG="$OUT/tests.jsonl"
 unset TRITON_INTERPRET
 if [ "$MODE" = full ]; then export BURSTKERN_TESTING=1; else unset BURSTKERN_TESTING; fi
 export OUT PY REPO MODE PART CUDA_HOME
+# wheels carried for packages the image lacks (the device notes: `carry` .whl): installed outside the repo
+if compgen -G ".whl/*.whl" > /dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
 
 elapsed() { echo $(( $(date +%s) - T0 )); }
 summary() { "$PY" python/gpu_summary.py --out "$OUT" --mode "$MODE" ${PART:+--part "$PART"} "$@" || true; }
@@ -107,10 +112,6 @@ stage() {
 s_setup() {
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv || true
   echo "CUDA_HOME=${CUDA_HOME:-<no nvcc found>} MAX_JOBS=$MAX_JOBS nproc=$(nproc) python=$(command -v "$PY")"
-  # wheels carried for packages the image lacks (see the device notes): .whl/*.whl
-  if compgen -G ".whl/*.whl" > /dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  fi
   "$PY" python/gpu_summary.py --out "$OUT" --mode "$MODE" ${PART:+--part "$PART"} --env  # versions, GPU, nvcc
   "$PY" -c "import json; e = json.load(open('$OUT/results.json'))['env']; print(*(f'{k}: {v}' for k, v in e.items()), sep='\n')"
 }
@@ -118,8 +119,14 @@ s_setup() {
 s_build() {
   [ -n "$CUDA_HOME" ] || { echo "no nvcc found (CUDA_HOME unset, none at /usr/local/cuda)"; return 3; }
   # no pip, no network: build the extension in place (ninja, MAX_JOBS jobs); the repo root is on PYTHONPATH
+  local t0=$SECONDS
   "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1
   local rc=$?
+  if [ $rc -ne 0 ] && [ $(( SECONDS - t0 )) -lt 30 ]; then  # setup.py itself refused, not a compile error: pip
+    echo "setup.py build_ext failed in $(( SECONDS - t0 ))s; trying pip install --no-deps --no-build-isolation --no-index -e ."
+    "$PY" -m pip install --no-deps --no-build-isolation --no-index -e . >> "$OUT/build.log" 2>&1
+    rc=$?
+  fi
   tail -n 15 "$OUT/build.log"
   "$PY" -c "
 import sys, burstkern

@@ -226,6 +226,9 @@ def verdict(res) -> tuple[bool, list]:
     t = res.get("tests")
     if t:
         problems += [f"test {f['id']}: {f['message']}" for f in t.get("failures", [])]
+        if t.get("passed", 0) == 0 and t.get("skipped", 0):
+            why = max(t.get("skip_reasons", {"?": 1}).items(), key=lambda kv: kv[1])[0]
+            problems.append(f"no test ran: all {t['skipped']} skipped (mostly: {why})")
     san = res.get("sanitizer")
     if san:
         if san.get("errors"):

@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="tiny", choices=("tiny", "paper"), help="model size")
     p.add_argument("--steps-initial", type=int, default=1200, help="steps of stage 1 (encoder + initial SR head)")
-    p.add_argument("--steps-denoiser", type=int, default=800, help="steps of stage 2 (EDM teacher)")
-    p.add_argument("--steps-student", type=int, default=150, help="steps of stage 3 (one-step student)")
+    p.add_argument("--steps-denoiser", type=int, default=400, help="steps of stage 2 (EDM teacher)")
+    p.add_argument("--steps-student", type=int, default=80, help="steps of stage 3 (one-step student)")
     p.add_argument("--out", default="ebsrd.pt", help="checkpoint path")
     p.add_argument("--resume", default=None, help="continue the run saved in this checkpoint (its arguments win)")
     p.add_argument("--checkpoint-every", type=int, default=250, help="steps between resumable checkpoints")
@@ -145,6 +145,7 @@ def train(args) -> int:
     steps = {"initial": args.steps_initial, "denoiser": args.steps_denoiser, "student": args.steps_student}
     losses = {k: [] for k in STAGES}
     times = {k: 0.0 for k in STAGES}
+    cpu = {k: 0.0 for k in STAGES}   # process CPU seconds: the one-core cost, whatever else the machine runs
     state = {"done": [], "stage": None, "resume": None}
     if args.resume:
         model, ckpt = load_checkpoint(args.resume)
@@ -152,13 +153,14 @@ def train(args) -> int:
         state = ckpt["train_state"]
         losses.update(ckpt.get("losses", {}))
         times.update(ckpt.get("train_seconds", {}))
+        cpu.update(ckpt.get("train_cpu_seconds", {}))
         print(f"resuming {args.resume}: done {state['done'] or 'nothing'}"
               + (f", {state['stage']} at step {state['resume']['step']}" if state.get("resume") else ""))
 
     def save(path=args.out, half=False, **extra):
         tmp = path + ".tmp"
         save_checkpoint(tmp, model, losses=losses, half=half, preset=args.preset, args=vars(args),
-                        train_seconds=times, train_state=state, **extra)
+                        train_seconds=times, train_cpu_seconds=cpu, train_state=state, **extra)
         os.replace(tmp, path)
 
     n_params = sum(p.numel() for p in model.parameters())
@@ -179,11 +181,12 @@ def train(args) -> int:
         ds = SyntheticBurstDataset(None, crop=args.crop, burst_size=cfg.burst_size, seed=(args.seed * 8 + k),
                                    length=2 ** 31 - 1, deadleaves=args.deadleaves)
         resume = state["resume"] if state.get("stage") == name else None
-        t0 = time.perf_counter()
-        t_before = times[name]
+        t0, c0 = time.perf_counter(), time.process_time()
+        t_before, c_before = times[name], cpu[name]
 
-        def ckpt_fn(st, name=name, t0=t0, t_before=t_before):
+        def ckpt_fn(st, name=name, t0=t0, t_before=t_before, c0=c0, c_before=c_before):
             times[name] = t_before + time.perf_counter() - t0
+            cpu[name] = c_before + time.process_time() - c0
             losses[name] = st["history"]
             state.update(stage=name, resume=st)
             save()
@@ -192,17 +195,20 @@ def train(args) -> int:
                       checkpoint=ckpt_fn, checkpoint_every=args.checkpoint_every, **kw[name], **common)
         losses[name] = h
         times[name] = t_before + time.perf_counter() - t0
+        cpu[name] = c_before + time.process_time() - c0
         state.update(done=state["done"] + [name], stage=None, resume=None)
         save()
         if h:
             q = max(1, len(h) // 10)
-            print(f"  {name:<9} {len(h):>5} steps, {times[name]:7.1f} s; loss first {q}: {sum(h[:q]) / q:.4g}, "
+            print(f"  {name:<9} {len(h):>5} steps, {times[name]:7.1f} s wall, {cpu[name]:7.1f} s CPU; loss first {q}: "
+                  f"{sum(h[:q]) / q:.4g}, "
                   f"last {q}: {sum(h[-q:]) / q:.4g}", flush=True)
-    total = sum(times.values())
-    print(f"trained in {total / 60:.1f} min ({', '.join(f'{k} {v:.0f} s' for k, v in times.items())}) on {machine()}")
+    total, total_cpu = sum(times.values()), sum(cpu.values())
+    print(f"trained in {total / 60:.1f} min wall, {total_cpu / 60:.1f} min CPU "
+          f"({', '.join(f'{k} {v:.0f} s' for k, v in cpu.items())} CPU) on {machine()}")
 
-    log = {"args": vars(args), "train_seconds": times, "total_seconds": total, "machine": machine(),
-           "losses": losses}
+    log = {"args": vars(args), "train_seconds": times, "train_cpu_seconds": cpu, "total_seconds": total,
+           "total_cpu_seconds": total_cpu, "machine": machine(), "losses": losses}
     extra = {}
     if not args.no_eval:
         from burstkern.data import HELDOUT_CROP, heldout_bursts, validation_bursts

@@ -540,7 +540,9 @@ def test_cuda_graph_replay(op, kind):
             graph.replay()
             torch.cuda.synchronize()
             eager = fn(*fresh)
-            assert torch.equal(out, eager), f"{op} [{name}]: replay != eager on the same inputs"
+            # the same kernels on the same inputs: bitwise equal unless a reduction order varies; a replay that
+            # used anything of the capture-time inputs would be off by O(1)
+            assert rel_err(out, eager) <= TOL[dtype] / 10, f"{op} [{name}]: replay != eager on the same inputs"
             with burstkern.backend("reference"):
                 ref = fn(*_as64(fresh))
                 plain = fn(*fresh)
@@ -747,7 +749,7 @@ def test_ebsrd_cuda_graph(kind):
         burst.copy_(fresh)
         graph.replay()
         eager, _ = model.initial(fresh)
-        assert torch.equal(x_init, eager), "initial SR: replay != eager"
+        assert rel_err(x_init, eager) <= 1e-4, "initial SR: replay != eager on the same burst"
         g2, sr = _capture(lambda b: model.one_step(b), [burst])
         g2.replay()
         torch.cuda.synchronize()
