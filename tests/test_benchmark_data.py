@@ -318,3 +318,17 @@ def test_burstsr_errors_name_the_path(tmp_path, fake_exifread):
     meta.write_bytes(meta.read_bytes()[:50])
     with pytest.raises(BenchmarkDataError, match=f"{meta}: corrupt"):
         BurstSR(str(tmp_path), "val", burst_size=2)[1]
+
+
+def test_png_matches_opencv_when_installed(tmp_path, monkeypatch):
+    """Where OpenCV is installed: files it writes decode identically without it, in its channel order."""
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(1)
+    frame = (rng.random((24, 24, 4)) * 2 ** 14).astype(np.uint16)
+    frame[:8] = 99
+    p = str(tmp_path / "cv.png")
+    cv2.imwrite(p, frame)
+    assert np.array_equal(bm.read_png_bgr(p), frame)                      # through OpenCV
+    monkeypatch.setitem(sys.modules, "cv2", None)                          # the built-in decoder
+    assert np.array_equal(bm.read_png_bgr(p), frame)
+    assert np.array_equal(bm.read_png(p)[..., 0], frame[..., 2])           # OpenCV stores channel 2 as red

@@ -201,19 +201,21 @@ def read_png(path: str) -> np.ndarray:
         import cv2  # optional, fast
     except ImportError:
         cv2 = None
-    if cv2 is not None:
-        a = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        if a is None:
-            raise _corrupt(path, "OpenCV could not decode it")
-        a = a[..., None] if a.ndim == 2 else a
-        if a.shape[-1] >= 3:
-            a = np.concatenate((a[..., 2::-1], a[..., 3:]), axis=-1)
-        return np.ascontiguousarray(a)
     try:
         with open(path, "rb") as f:
             blob = f.read()
     except OSError as e:
         raise BenchmarkDataError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if cv2 is not None:
+        a = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_UNCHANGED)
+        if a is not None:
+            a = a[..., None] if a.ndim == 2 else a
+            if len(blob) > 25 and blob[25] == 4 and a.shape[-1] == 4:   # gray + alpha comes back as BGRA
+                a = a[..., [0, 3]]
+            if a.shape[-1] >= 3:
+                a = np.concatenate((a[..., 2::-1], a[..., 3:]), axis=-1)
+            return np.ascontiguousarray(a)
+        # OpenCV could not decode it: the built-in decoder says why (or reads what OpenCV would not)
     return _decode_png(blob, path)
 
 
