@@ -173,7 +173,7 @@ def churn_gamma(sigma: float, num_steps: int, S_churn: float, S_min: float, S_ma
 # backward formulas (closed form; gradcheck pins them to finite differences of the forwards above)
 # ----------------------------------------------------------------------------------------------
 def _sum_per_sample(t: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    per = t.reshape(t.shape[0], -1).sum(1)
+    per = t.reshape(t.shape[0], t[0].numel() if t.shape[0] else 0).sum(1)  # explicit: no -1 at batch 0
     return per if sigma.dim() == 1 else per.sum()
 
 

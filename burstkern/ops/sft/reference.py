@@ -64,7 +64,9 @@ def sft_modulate(x: torch.Tensor, gamma: torch.Tensor, beta: Optional[torch.Tens
 def group_stats(x: torch.Tensor, num_groups: int, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-(sample, group) mean and 1/sqrt(var + eps) (biased variance), ``[N, G]`` in the compute dtype."""
     cd = compute_dtype(x.dtype)
-    xg = x.to(cd).reshape(x.shape[0], num_groups, -1)
+    if x.shape[0] == 0:  # no samples: empty statistics (var_mean would warn about 0 degrees of freedom)
+        return x.new_empty((0, num_groups), dtype=cd), x.new_empty((0, num_groups), dtype=cd)
+    xg = x.to(cd).reshape(x.shape[0], num_groups, x[0].numel() // num_groups)
     var, mean = torch.var_mean(xg, dim=-1, unbiased=False)
     return mean, torch.rsqrt(var + eps)
 
@@ -118,6 +120,8 @@ def _modulate_backward(grad_out, h, gamma, beta, act, slope):
     g_h = g_u * (1 + g)
     g_gamma = _reduce_to(g_u * h, g)
     g_beta = None if b is None else _reduce_to(g_u, b)
+    if g_beta is grad_out:  # act None, spatial beta: the incoming gradient itself, which an op may not return
+        g_beta = g_beta.clone()
     if beta is None and gamma.shape[1] == 2 * h.shape[1]:  # merged: one gradient for the [N, 2C, ...] tensor
         return g_h, torch.cat([g_gamma, g_beta], 1), None
     return g_h, g_gamma, g_beta
@@ -140,8 +144,9 @@ def sft_group_norm_backward(grad: torch.Tensor, x: torch.Tensor, gamma: torch.Te
     up = lambda t: None if t is None else t.to(cd)  # noqa: E731
     xc = x.to(cd)
     n, c = xc.shape[:2]
+    per_group = xc[0].numel() // num_groups if n else 0  # explicit: reshape cannot infer -1 at batch 0
     mean, rstd = group_stats(xc, num_groups, eps)
-    xg = xc.reshape(n, num_groups, -1)
+    xg = xc.reshape(n, num_groups, per_group)
     h = ((xg - mean[..., None]) * rstd[..., None]).reshape(xc.shape)
     chan = (1, c) + (1,) * (xc.dim() - 2)
     w, b = up(weight), up(bias)
@@ -152,8 +157,8 @@ def sft_group_norm_backward(grad: torch.Tensor, x: torch.Tensor, gamma: torch.Te
     red = [0] + list(range(2, xc.dim()))
     g_w = None if w is None else (g_haff * h).sum(red).to(weight.dtype)
     g_b = None if b is None else g_haff.sum(red).to(bias.dtype)
-    g_h = (g_haff if w is None else g_haff * w.view(chan)).reshape(n, num_groups, -1)
-    hg = h.reshape(n, num_groups, -1)
+    g_h = (g_haff if w is None else g_haff * w.view(chan)).reshape(n, num_groups, per_group)
+    hg = h.reshape(n, num_groups, per_group)
     g_x = rstd[..., None] * (g_h - g_h.mean(-1, keepdim=True) - hg * (g_h * hg).mean(-1, keepdim=True))
     return (g_x.reshape(xc.shape).to(x.dtype), g_gamma.to(gamma.dtype),
             None if beta is None else g_beta.to(beta.dtype), g_w, g_b)
