@@ -69,10 +69,34 @@ def translation_units(testing: bool) -> list:
     return tus
 
 
+def _rel(path: str) -> str:
+    path = path.replace(os.sep, "/")
+    i = path.find("csrc/")
+    return path[i:] if i >= 0 else path
+
+
 def build_estimate(data: dict, testing: bool) -> tuple:
-    """(seconds, how): CI's core-seconds, scaled by the number of translation units now, spread over the device's
-    cores but never below the longest unit (assumed twice the mean), plus the link."""
+    """(seconds, how). With per-unit times (build.units_core_s, from a ninja log of a CI build): the units of the
+    tree now, longest first onto the device's cores (a unit not measured costs the median), plus the link. Else:
+    CI's whole-build core-seconds, scaled by the number of units now, spread over the cores but never below the
+    longest unit (assumed twice the mean), plus the link."""
     b = data["build"]
+    units = b.get("units_core_s")
+    if units:
+        now = [_rel(t) for t in translation_units(testing)]
+        known = sorted(units.values())
+        median = known[len(known) // 2]
+        costs = sorted((units.get(u, median) for u in now), reverse=True)
+        cores = [0.0] * b["target_cores"]
+        for c in costs:
+            cores[cores.index(min(cores))] += c
+        est = max(cores) + b["assumed_link_s"]
+        missing = sum(u not in units for u in now)
+        how = (f"{len(now)} units, per-unit core-s from the CI ninja log ({b['units_source']}), {missing} not "
+               f"measured (median {median:.0f} s), longest first on {b['target_cores']} cores: {max(cores):.0f} s "
+               f"+ link {b['assumed_link_s']} s (whole CI build: {b['measured_ci_seconds']} s on 2 jobs; device "
+               f"anchor {b['device_anchor_seconds']} s on an earlier csrc/)")
+        return est, how
     work = b["measured_ci_seconds"] * b["measured_ci_jobs"]  # core-seconds on the CI machine (an upper bound)
     n_then = b["measured_ci_translation_units"]
     n_now = max(1, len(translation_units(testing)))
@@ -293,7 +317,37 @@ def _print_full(plan):
             print(f"  {u['kind']:<6} {u['target']:<50} {u['n']:>4} cases {u['est_s']:>7.1f} s")
 
 
+def record_build(ninja_log: str, load: float, cores: int, source: str) -> dict:
+    """Per-unit core-seconds from a ninja log of a CI build into gpu_plan.json: wall seconds x the share of a core
+    each job had (cores / load average, the machine being shared)."""
+    units = {}
+    for ln in open(ninja_log):
+        if ln.startswith("#"):
+            continue
+        start, end, _, out = ln.split("\t")[:4]
+        src = _rel(out).rsplit(".o", 1)[0]
+        for ext in (".cu", ".cpp"):
+            if os.path.exists(os.path.join(ROOT, src + ext)):
+                units[src + ext] = round((int(end) - int(start)) / 1000 * min(1.0, cores / load), 1)
+    data = load_data()
+    data["build"]["units_core_s"] = dict(sorted(units.items()))
+    data["build"]["units_source"] = source
+    with open(DATA, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    return units
+
+
 def main(argv=None) -> int:
+    if argv is None and sys.argv[1:2] == ["record-build"]:
+        ap = argparse.ArgumentParser(prog="gpu_plan.py record-build")
+        ap.add_argument("ninja_log")
+        ap.add_argument("--load", type=float, required=True, help="load average during the build")
+        ap.add_argument("--cores", type=int, default=2)
+        ap.add_argument("--source", required=True)
+        a = ap.parse_args(sys.argv[2:])
+        print(json.dumps(record_build(a.ninja_log, a.load, a.cores, a.source), indent=1))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=["quick", "full"])
     ap.add_argument("--part")
