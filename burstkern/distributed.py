@@ -18,7 +18,11 @@ What each piece does (every function is a no-op in a single process, so the same
   pass through :class:`EpochLoader`); :func:`step_batches` gives each rank its slice of global batch ``s`` of an
   index-addressed dataset, so 2 ranks x B/2 see exactly the items of 1 process x B (and resume mid-stage).
   The batch size given is the *global* one; :func:`local_batch_size` divides it.
-- Seeds: :func:`rank_seed` — distinct per rank, rank 0 keeping the single-process seed.
+- Noise and seeds: the training stages draw their per-step noise (σ, ε, schedule indices) through
+  :func:`global_draw` from a generator seeded identically on every rank: each rank keeps its own slice of the
+  global batch's draw, so the ranks' noise differs and together equals one process's — every stage then
+  computes the same losses and updates as one process with the global batch. :func:`rank_seed` gives a
+  distinct seed per rank for anything rank-local (rank 0 keeps the single-process seed).
 - Gradients: :func:`sync_gradients` averages the gradients of the trained parameters over the ranks after every
   backward, before clipping and the optimizer step (bucketed all-reduce, ``BUCKET_BYTES`` each), so every rank
   applies the same update — the arithmetic of ``DistributedDataParallel`` (which averages gradients the same
@@ -47,7 +51,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = ["DistEnv", "init", "shutdown", "env", "is_distributed", "rank", "world_size", "is_main", "barrier",
-           "rank_seed", "local_batch_size", "make_loader", "EpochLoader", "step_batches", "sync_gradients",
+           "rank_seed", "local_batch_size", "make_loader", "EpochLoader", "step_batches", "global_draw",
+           "sync_gradients",
            "mean_across_ranks", "broadcast_module", "check_consistent", "on_main", "print0", "process_group",
            "BUCKET_BYTES"]
 
@@ -200,6 +205,20 @@ def step_batches(dataset, global_batch: int):
             return torch.utils.data.default_collate(items)
 
     return RankStepBatches(dataset, b)
+
+
+def global_draw(draw: Callable[[tuple], Tensor], local_shape) -> Tensor:
+    """This rank's rows of a random draw made for the whole global batch: ``draw((world·b, ...))[r·b:(r+1)·b]``
+    for a local ``[b, ...]``; ``draw(local_shape)`` in a single process.
+
+    With the same generator seed on every rank, the ranks draw different noise (their own slices) that together
+    is exactly what one process with the global batch draws — so a multi-process stage computes the losses and
+    updates of the single-process one. The cost: every rank generates the global batch's noise."""
+    shape = tuple(local_shape)
+    if not is_distributed():
+        return draw(shape)
+    b, r = shape[0], rank()
+    return draw((b * world_size(),) + shape[1:])[r * b:(r + 1) * b]
 
 
 @torch.no_grad()
