@@ -248,7 +248,8 @@ def pack(units: list, n_parts: int) -> list:
 def part_overhead(data: dict) -> float:
     est, _ = build_estimate(data, testing=True)
     f = data["full"]
-    return data["quick"]["setup_s"] + est + f["tests"]["startup_s"] + f["bench"]["startup_s"] + data["quick"]["summary_s"]
+    return (data["quick"]["setup_s"] + est + f.get("plan_s", 0) + f["tests"]["startup_s"] + f["bench"]["startup_s"]
+            + data["quick"]["summary_s"])
 
 
 def parts_needed(units, data) -> int:

@@ -167,11 +167,13 @@ s_bench() {
 }
 
 s_full_tests() {
+  set -f  # node ids hold [...]: no globbing
   # shellcheck disable=SC2046,SC2086
   "$PY" -m pytest $PART_TESTS -q --junitxml="$OUT/tests.xml" $(pytest_opts "${GPU_TEST_WORKERS:-16}" 300)
 }
 
 s_full_bench() {
+  set -f
   # timing: one process, no xdist; pytest-benchmark's JSON at the end, every case in tests.jsonl as it finishes
   # shellcheck disable=SC2046,SC2086
   "$PY" -m pytest $PART_BENCH --benchmark-only -q --benchmark-json="$OUT/bench.json" $(pytest_opts 1 400)
@@ -192,7 +194,10 @@ if [ "${GPU_RUN_FAKE:-0}" = 1 ]; then  # tests/test_gpu_plan.py: the stage machi
   s_tests() { echo "fake tests: hang"; sleep 600; }
   s_sanitize() { echo "fake sanitize"; }
   s_bench() { echo "fake bench"; }
-  export -f s_setup s_build s_tests s_sanitize s_bench
+  s_full_tests() { echo "fake full tests: $(wc -w <<< "$PART_TESTS") files"; }
+  s_full_bench() { echo "fake full bench: $(wc -w <<< "$PART_BENCH") ids"; }
+  s_ncu() { echo "fake ncu"; }
+  export -f s_setup s_build s_tests s_sanitize s_bench s_full_tests s_full_bench s_ncu
 fi
 
 # --- run -----------------------------------------------------------------------------------------------------------
