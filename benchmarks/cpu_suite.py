@@ -167,6 +167,51 @@ def _f(v, p=3):
     return str(v)
 
 
+ORDER = ["torchvision", "eager", "bk_reference", "bk_native", "bk_native_dev", "inductor", "torch_compile",
+         "torch_compile_reference", "onnxruntime", "openvino", "dense_conv2d", "memcpy"]
+
+
+def compact(doc: dict) -> list:
+    """One row per (work, dtype, threads): each provider's median ms and its paired ratio to the baseline."""
+    out = []
+    for suite in SUITES:
+        rows = [r for r in doc.get("results", []) if r["suite"] == suite]
+        if not rows:
+            continue
+        provs = []
+        for r in rows:
+            for p in list(r["providers"]) + list(r.get("notes", {})):
+                if p not in provs and p != "_group":
+                    provs.append(p)
+        provs.sort(key=lambda p: ORDER.index(p) if p in ORDER else len(ORDER))
+        out += [f"**{suite}** (cells: median ms, and in brackets the median paired ratio to the baseline "
+                f"{rows[0]['baseline']}; - = skipped, see the detailed table)", "",
+                "| work | dtype | thr | " + " | ".join(provs) + " | floors |",
+                "|---|---|---:|" + "---:|" * len(provs) + "---|"]
+        for r in rows:
+            cells = []
+            for p in provs:
+                d = r["providers"].get(p)
+                if d is None:
+                    cells.append("-")
+                    continue
+                ratio = d.get(f"ratio_vs_{r['baseline']}")
+                cells.append(f"{_f(d['median_ms'], 1 if d['median_ms'] >= 10 else 3)}"
+                             + (f" ({ratio:.3f})" if ratio is not None else ""))
+            fl = []
+            if r.get("copy_floor_ms") is not None:
+                fl.append(f"copy {_f(r['copy_floor_ms'], 2)} ms")
+            if r.get("gemm_floor_ms") is not None:
+                fl.append(f"GEMM {_f(r['gemm_floor_ms'], 1)} ms")
+            if r.get("mem"):
+                fl.append("peak extra RSS " + ", ".join(
+                    f"{p} {v['peak_extra_MiB_median']:.0f}" for p, v in r["mem"].items() if "error" not in v)
+                    + f" MiB (floor {r['mem_floor_MiB']:.0f})")
+            out.append(f"| {r['group']} | {r['dtype']} | {r['threads']} | " + " | ".join(cells) + f" | {'; '.join(fl)} |")
+        out.append("")
+    return out
+
+
 def markdown(doc: dict) -> str:
     e = doc["env"]
     lines = [f"CPU: {e.get('cpu')} ({e.get('cores')} cores; {', '.join(e.get('isa', []))}; torch CPU capability "
@@ -183,6 +228,7 @@ def markdown(doc: dict) -> str:
         for n, c in doc["ceilings"].items():
             lines.append(f"| {n} | {c['copy_GBps']:.1f} | {c['gemm_fp32_GFLOPs']:.0f} | {c['gemm_bf16_GFLOPs']:.0f} |")
         lines.append("")
+    lines += compact(doc) + [""]
     lines += ["Ratio = median over rounds of t_provider / t_baseline in the same round (range in brackets); "
               "below 1 is faster than the baseline. Floors: bytes at the copy rate, FLOPs at the GEMM rate.", "",
               "| work | dtype | thr | provider | median ms | ratio vs baseline [lo, hi] | x faster | GB/s | GFLOP/s "
