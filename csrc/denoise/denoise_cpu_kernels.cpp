@@ -234,13 +234,17 @@ std::tuple<Tensor, Tensor> denoise_combine(const Tensor& x, const Tensor& F, con
   const Tensor f = L.in(F);
   Tensor D = L.out(), d = return_d ? L.out() : at::empty({0}, x.options());
   const std::vector<double> s = per_sample(sigma, L.N);
-  std::vector<double> cs(s.size()), co(s.size());
+  std::vector<double> cs(s.size()), co(s.size()), e1(s.size()), e2(s.size());
   for (size_t n = 0; n < s.size(); ++n) {
     const Coef c = coefficients(s[n], sd, smin, is_cm(mode));
     cs[n] = c.skip;
     co[n] = c.out;
+    e1[n] = (1.0 - c.skip) / s[n];
+    e2[n] = -c.out / s[n];
   }
   Args a = base_args(L, kCombine);
+  a.ps[3] = e1.data();
+  a.ps[4] = e2.data();
   a.in[0] = L.x.const_data_ptr();
   a.in[1] = f.const_data_ptr();
   a.out[0] = D.data_ptr();
@@ -317,8 +321,8 @@ std::tuple<Tensor, Tensor> edm_euler_update(const Tensor& x, const Tensor& F, co
   std::vector<double> cs(s.size()), co(s.size());
   for (size_t n = 0; n < s.size(); ++n) {
     const Coef c = coefficients(s[n], sd, 0.0, false);
-    cs[n] = c.skip;
-    co[n] = c.out;
+    cs[n] = (1.0 - c.skip) / s[n];
+    co[n] = -c.out / s[n];
   }
   Args a = base_args(L, kEuler);
   a.in[0] = L.x.const_data_ptr();
@@ -339,12 +343,15 @@ Tensor edm_heun_update(const Tensor& x_hat, const Tensor& d, const Tensor& x_nex
   const Tensor dd = L.in(d), xn = L.in(x_next), fn = L.in(F_next);
   Tensor out = L.out();
   const std::vector<double> sh = per_sample(sigma_hat, L.N), sn = per_sample(sigma_next, L.N);
-  std::vector<double> cs(sh.size()), co(sh.size()), pos(sh.size());
+  std::vector<double> cs(sh.size()), co(sh.size()), sh_k(sh.size()), pos(sh.size());
   for (size_t n = 0; n < sh.size(); ++n) {
     pos[n] = sn[n] > 0.0 ? 1.0 : 0.0;  // σ_next = 0 (or NaN): the Euler result x_next
-    const Coef c = coefficients(pos[n] != 0.0 ? sn[n] : 1.0, sd, 0.0, false);
-    cs[n] = c.skip;
-    co[n] = c.out;
+    const double s = pos[n] != 0.0 ? sn[n] : 1.0;
+    const Coef c = coefficients(s, sd, 0.0, false);
+    const double half = 0.5 * (sn[n] - sh[n]);
+    cs[n] = half;
+    co[n] = half * (1.0 - c.skip) / s;
+    sh_k[n] = -half * c.out / s;
   }
   Args a = base_args(L, kHeun);
   a.in[0] = L.x.const_data_ptr();
@@ -354,8 +361,7 @@ Tensor edm_heun_update(const Tensor& x_hat, const Tensor& d, const Tensor& x_nex
   a.out[0] = out.data_ptr();
   a.ps[0] = cs.data();
   a.ps[1] = co.data();
-  a.ps[2] = sh.data();
-  a.ps[3] = sn.data();
+  a.ps[2] = sh_k.data();
   a.ps[4] = pos.data();
   run(a, L.units());
   return out;

@@ -12,10 +12,10 @@ namespace detail {
 enum Dt : int { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };
 
 enum Op : int {
-  kCombine = 0,     // in: x, F            out: D, d?            ps: c_skip, c_out, σ
+  kCombine = 0,     // in: x, F            out: D, d?            ps: c_skip, c_out, σ, (1 − c_skip)/σ, −c_out/σ
   kCombineBwd = 1,  // in: gD, gd?, x, F   out: gx, gF; red Σt   ps: c_skip, c_out, σ, dc_skip, dc_out
-  kEuler = 2,       // in: x, F            out: x_next, d        ps: c_skip, c_out, σ, σ_next
-  kHeun = 3,        // in: x̂, d, x_n, F_n  out: out              ps: c_skip(σn), c_out(σn), σ̂, σn, pos
+  kEuler = 2,       // in: x, F            out: x_next, d        ps: (1 − c_skip)/σ, −c_out/σ, σ, σ_next
+  kHeun = 3,        // in: x̂, d, x_n, F_n  out: out              ps: h1, h2, h3 (x̂ + h1·d + h2·x_n + h3·F_n), -, pos
   kAddNoise = 4,    // in: x, noise?       out: out              ps: scale
   kCm = 5,          // in: x, F, noise?    out: out              ps: c_skip, c_out, scale (σ_next)
   kCmBwd = 6,       // in: g, x, F         out: gx, gF           ps: c_skip, c_out

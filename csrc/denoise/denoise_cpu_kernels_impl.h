@@ -178,14 +178,14 @@ void run_units(const Args& a, int64_t u0, int64_t u1) {
       const int64_t f = n * a.M + r0;  // flat offset of the block
       switch (a.op) {
         case kCombine: {
-          const A cs = ps(0), co = ps(1), s = ps(2);
+          const A cs = ps(0), co = ps(1), e1 = ps(3), e2 = ps(4);  // d = e1·x + e2·F = (x − D)/σ
           const A* x = src(in0 + f, m, b0);
           const A* F = src(in1 + f, m, b1);
           A* D = dst(out0 + f, o0);
           for (int64_t i = 0; i < m; ++i) D[i] = cs * x[i] + co * F[i];
           if (a.has_d) {
             A* d = dst(out1 + f, o1);
-            for (int64_t i = 0; i < m; ++i) d[i] = (x[i] - (cs * x[i] + co * F[i])) / s;
+            for (int64_t i = 0; i < m; ++i) d[i] = e1 * x[i] + e2 * F[i];
             put(out1 + f, m, d);
           }
           put(out0 + f, m, D);
@@ -229,22 +229,23 @@ void run_units(const Args& a, int64_t u0, int64_t u1) {
           break;
         }
         case kEuler: {
-          const A cs = ps(0), co = ps(1), s = ps(2), sn = ps(3);
+          const A e1 = ps(0), e2 = ps(1), step = ps(3) - ps(2);  // d = e1·x + e2·F = (x − D)/σ
           const A* x = src(in0 + f, m, b0);
           const A* F = src(in1 + f, m, b1);
           A* xn = dst(out0 + f, o0);
           A* d = dst(out1 + f, o1);
           for (int64_t i = 0; i < m; ++i) {
-            const A dv = (x[i] - (cs * x[i] + co * F[i])) / s;
+            const A dv = e1 * x[i] + e2 * F[i];
             d[i] = dv;
-            xn[i] = x[i] + (sn - s) * dv;
+            xn[i] = x[i] + step * dv;
           }
           put(out0 + f, m, xn);
           put(out1 + f, m, d);
           break;
         }
         case kHeun: {
-          const A cs = ps(0), co = ps(1), sh = ps(2), sn = ps(3);
+          // x̂ + (σn − σ̂)/2·(d + (x_n − D(x_n; σn))/σn) = x̂ + h1·d + h2·x_n + h3·F_n
+          const A h1 = ps(0), h2 = ps(1), h3 = ps(2);
           const bool pos = a.ps[4][n] != 0.0;
           const A* xn = src(in2 + f, m, b2);
           A* o = dst(out0 + f, o0);
@@ -252,11 +253,7 @@ void run_units(const Args& a, int64_t u0, int64_t u1) {
             const A* xh = src(in0 + f, m, b0);
             const A* d = src(in1 + f, m, b1);
             const A* Fn = src(in3 + f, m, b3);
-            const A step = (sn - sh) * A(0.5);
-            for (int64_t i = 0; i < m; ++i) {
-              const A d2 = (xn[i] - (cs * xn[i] + co * Fn[i])) / sn;
-              o[i] = xh[i] + step * (d[i] + d2);
-            }
+            for (int64_t i = 0; i < m; ++i) o[i] = xh[i] + h1 * d[i] + h2 * xn[i] + h3 * Fn[i];
           } else {
             for (int64_t i = 0; i < m; ++i) o[i] = xn[i];
           }

@@ -222,7 +222,7 @@ Tensor forward_pass(const Layout& L, Mod& m, const std::vector<double>& mean, co
                     const std::vector<double>& shift, int64_t act, double slope) {
   Tensor out = at::empty(L.x.sizes(), L.x.options().memory_format(L.fmt));
   const int64_t NC = L.N * L.C;
-  Arr<A> M(NC), As(NC), Bs(NC), Tc(NC);
+  Arr<A> M(NC), Ml(NC), As(NC), Bs(NC), Tc(NC);
   for (int64_t n = 0; n < L.N; ++n) {
     for (int64_t c = 0; c < L.C; ++c) {
       const int64_t k = n * L.C + c;
@@ -235,6 +235,7 @@ Tensor forward_pass(const Layout& L, Mod& m, const std::vector<double>& mean, co
         t = 0.0;
       }
       M[k] = static_cast<A>(mean[k]);
+      Ml[k] = static_cast<A>(mean[k] - static_cast<double>(M[k]));
       As[k] = static_cast<A>(a);
       Bs[k] = static_cast<A>(b);
       Tc[k] = static_cast<A>(t);
@@ -251,6 +252,7 @@ Tensor forward_pass(const Layout& L, Mod& m, const std::vector<double>& mean, co
   a.x = L.x.const_data_ptr();
   a.out = out.data_ptr();
   a.M = M.ptr();
+  a.Mlo = Ml.ptr();
   a.A = As.ptr();
   a.B = Bs.ptr();
   a.Tc = Tc.ptr();
@@ -470,7 +472,7 @@ std::tuple<Tensor, Tensor, Tensor> sft_group_norm(const Tensor& x, const Tensor&
           const int64_t k = n * L.C + c;
           const double w = weight.has_value() ? rd(*weight, c * weight->stride(0)) : 1.0;
           const double b = bias.has_value() ? rd(*bias, c * bias->stride(0)) : 0.0;
-          mean[static_cast<size_t>(k)] = static_cast<double>(mu_a);
+          mean[static_cast<size_t>(k)] = mu;
           scale[static_cast<size_t>(k)] = static_cast<double>(rs_a) * w;
           shift[static_cast<size_t>(k)] = b;
         }

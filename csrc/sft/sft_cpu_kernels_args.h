@@ -27,7 +27,7 @@ struct ApplyArgs {
   const void* x;
   void* out;
   // u = ((x − M)·A + B)·(1 + g) + (spatial beta | Tc | 0); without spatial g (folded into A, B): (x − M)·A + B (+ beta)
-  const void *M, *A, *B, *Tc;
+  const void *M, *Mlo, *A, *B, *Tc;  // the mean as M + Mlo (two compute-type parts)
   View g, bt;
   bool g_sp, bt_sp, tc;
 };

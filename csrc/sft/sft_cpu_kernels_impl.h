@@ -58,20 +58,22 @@ static inline void zero(double* p, int64_t n) {
 // forward: u = ((x − M)·A + B)·(1 + g) + t, out = act(u); TM: 0 no t, 1 spatial t (bb), 2 per-channel t (Tv)
 template <class A, int ACT, bool CL, bool GSP, int TM>
 void apply_cmp(int64_t m, const A* __restrict xb, const A* __restrict gb, const A* __restrict bb,
-               const A* __restrict Mv, const A* __restrict Av, const A* __restrict Bv, const A* __restrict Tv,
-               A* __restrict ub, A slope) {
+               const A* __restrict Mv, const A* __restrict Lv, const A* __restrict Av, const A* __restrict Bv,
+               const A* __restrict Tv, A* __restrict ub, A slope) {
+  // x − mean as (x − M) − L with M + L the mean in two parts: x − M is exact near the mean (Sterbenz), so a large
+  // mean costs no precision
   if constexpr (CL) {
     for (int64_t i = 0; i < m; ++i) {
-      A u = (xb[i] - Mv[i]) * Av[i] + Bv[i];
+      A u = ((xb[i] - Mv[i]) - Lv[i]) * Av[i] + Bv[i];
       if constexpr (GSP) u = u * (A(1) + gb[i]);
       if constexpr (TM == 1) u = u + bb[i];
       if constexpr (TM == 2) u = u + Tv[i];
       ub[i] = act_fwd<ACT>(u, slope);
     }
   } else {
-    const A ms = Mv[0], as = Av[0], bs = Bv[0], ts = TM == 2 ? Tv[0] : A(0);
+    const A ms = Mv[0], ls = Lv[0], as = Av[0], bs = Bv[0], ts = TM == 2 ? Tv[0] : A(0);
     for (int64_t i = 0; i < m; ++i) {
-      A u = (xb[i] - ms) * as + bs;
+      A u = ((xb[i] - ms) - ls) * as + bs;
       if constexpr (GSP) u = u * (A(1) + gb[i]);
       if constexpr (TM == 1) u = u + bb[i];
       if constexpr (TM == 2) u = u + ts;
@@ -81,7 +83,8 @@ void apply_cmp(int64_t m, const A* __restrict xb, const A* __restrict gb, const 
 }
 
 template <class A>
-using ApplyFn = void (*)(int64_t, const A*, const A*, const A*, const A*, const A*, const A*, const A*, A*, A);
+using ApplyFn = void (*)(int64_t, const A*, const A*, const A*, const A*, const A*, const A*, const A*, const A*, A*,
+                         A);
 
 template <class A, int ACT, bool CL>
 ApplyFn<A> pick_apply2(bool gsp, int tm) {
@@ -117,6 +120,7 @@ void apply_rows(const ApplyArgs& a, int64_t r0, int64_t r1) {
   const T* x = static_cast<const T*>(a.x);
   T* out = static_cast<T*>(a.out);
   const A* Mp = static_cast<const A*>(a.M);
+  const A* Lp = static_cast<const A*>(a.Mlo);
   const A* Ap = static_cast<const A*>(a.A);
   const A* Bp = static_cast<const A*>(a.B);
   const A* Tp = static_cast<const A*>(a.Tc);
@@ -145,7 +149,7 @@ void apply_rows(const ApplyArgs& a, int64_t r0, int64_t r1) {
       const A* gv = a.g_sp ? src(gp + g_off + j0 * g_st, g_st, m, gb) : gb;
       const A* bv = a.bt_sp ? src(bp + b_off + j0 * b_st, b_st, m, bb) : bb;
       A* ov = dst(orow + j0, int64_t(1), ub);
-      fn(m, xv, gv, bv, Mp + k, Ap + k, Bp + k, Tp + k, ov, slope);
+      fn(m, xv, gv, bv, Mp + k, Lp + k, Ap + k, Bp + k, Tp + k, ov, slope);
       put(orow + j0, int64_t(1), m, ov);
     }
   }
