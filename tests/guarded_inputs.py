@@ -82,7 +82,7 @@ def sft():
                     B.sft_modulate_backward(gy, x, gamma, beta, 1, 0.0)
                     wt, bs = _g(torch.randn(c).to(dtype), torch.randn(c).to(dtype))
                     _, mean, rstd = B.sft_group_norm(x, gamma, beta, groups, wt, bs, 1e-5, 1, 0.0)
-                    B.sft_group_norm_backward(gy, x, gamma, beta, groups, wt, bs, *_g(mean, rstd), 1, 0.0)
+                    B.sft_group_norm_backward(gy, x, gamma, beta, groups, wt, bs, *_g(mean, rstd), 1e-5, 1, 0.0)
 
 
 def denoise():
@@ -92,8 +92,8 @@ def denoise():
             x, F, y = _g(*(torch.randn(*shape, generator=gen).to(dtype) for _ in range(3)))
             s, s2 = _g(torch.rand(shape[0]) + 0.5, torch.rand(shape[0]) + 0.1)
             seed = guarded(torch.tensor([5], dtype=torch.int64))
-            D, d = B.denoise_combine(x, F, s, 0.5, 0.002, False, True)
-            B.denoise_combine_backward(*_g(D, d), x, F, s, 0.5, 0.002, False, True)
+            D, d = B.denoise_combine(x, F, s, 0.5, 0.002, "edm", True)
+            B.denoise_combine_backward(*_g(D, d), x, F, s, 0.5, 0.002, "edm", True, True)
             xe, de = B.edm_euler_update(x, F, s, s2, 0.5)
             B.edm_heun_update(x, *_g(de, xe), F, s, s2, 0.5)
             B.add_noise(x, s2, s, 1.0, None, seed)

@@ -134,8 +134,8 @@ def test_sft_group_norm_thread_order(mode, layout):
     fwd = _in_both_orders(mode, lambda: B.sft_group_norm(x, gamma, beta, 8, wt, bs, 1e-5, 1, 0.0))
     _assert_same(*fwd)
     _, mean, rstd = fwd[0]
-    bwd = _in_both_orders(mode, lambda: B.sft_group_norm_backward(gout, x, gamma, beta, 8, wt, bs, mean, rstd, 1,
-                                                                  0.0))
+    bwd = _in_both_orders(mode, lambda: B.sft_group_norm_backward(gout, x, gamma, beta, 8, wt, bs, mean, rstd,
+                                                                  1e-5, 1, 0.0))
     _assert_same(*bwd)
     # per-channel gamma/beta: the backward reduces them over pixels (partials, then a finalize kernel)
     gc, bc = gamma[:, :, :1, :1].contiguous(), beta[:, :, :1, :1].contiguous()
@@ -170,7 +170,7 @@ def test_denoise_one_launch_per_op(mode):
     s, s2 = torch.rand(2, generator=g) + 0.5, torch.rand(2, generator=g) + 0.1
     seed = torch.tensor([7], dtype=torch.int64)
     calls = {
-        "denoise_combine": lambda: B.denoise_combine(x, F, s, 0.5, 0.002, False, True),
+        "denoise_combine": lambda: B.denoise_combine(x, F, s, 0.5, 0.002, "edm", True),
         "edm_euler_update": lambda: B.edm_euler_update(x, F, s, s2, 0.5),
         "add_noise": lambda: B.add_noise(x, s, s2, 1.0, None, seed),
         "cm_update": lambda: B.cm_update(x, F, s, 0.002, 0.5, s2, None, None, seed),
@@ -193,8 +193,8 @@ def test_sft_launch_counts(mode, layout):
     assert _launches(mode, lambda: B.sft_modulate_backward(gout, x, gc, bc, 1, 0.0)) == 2
     _, mean, rstd = B.sft_group_norm(x, gamma, beta, 4, None, None, 1e-5, 1, 0.0)
     assert _launches(mode, lambda: B.sft_group_norm(x, gamma, beta, 4, None, None, 1e-5, 1, 0.0)) == 3
-    assert _launches(mode, lambda: B.sft_group_norm_backward(gout, x, gamma, beta, 4, None, None, mean, rstd, 1,
-                                                             0.0)) == 3
+    assert _launches(mode, lambda: B.sft_group_norm_backward(gout, x, gamma, beta, 4, None, None, mean, rstd,
+                                                             1e-5, 1, 0.0)) == 3
 
 
 def test_deform_conv_launch_counts(mode):

@@ -1,7 +1,36 @@
-// dtype dispatch over the floating types every kernel supports: float, half, bfloat16 (fp32 math inside).
+// The one dtype dispatch of csrc/: f(scalar_t{}) for float, half, bfloat16, and double only where the caller takes
+// it (kDouble), so no kernel is instantiated for a dtype its op rejects. Other dtypes: a clear error naming `what`.
 #pragma once
 
-#include <ATen/Dispatch.h>
+#include <ATen/ATen.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
-#define BURSTKERN_DISPATCH_FLOATING(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+namespace burstkern {
+
+template <bool kDouble, class F>
+void dispatch_floating(at::ScalarType dt, const char* what, F&& f) {
+  switch (dt) {
+    case at::kFloat:
+      return f(float{});
+    case at::kHalf:
+      return f(c10::Half{});
+    case at::kBFloat16:
+      return f(c10::BFloat16{});
+    case at::kDouble:
+      if constexpr (kDouble) return f(double{});
+      [[fallthrough]];
+    default:
+      TORCH_CHECK(false, what, ": no kernel for ", dt, " (float32, float16, bfloat16", kDouble ? ", float64" : "",
+                  ")");
+  }
+}
+
+}  // namespace burstkern
+
+// AT_DISPATCH-style: BURSTKERN_DISPATCH_FLOATING(kDouble, dtype, "what", [&] { ... scalar_t ... });
+#define BURSTKERN_DISPATCH_FLOATING(DOUBLE, TYPE, NAME, ...)                      \
+  ::burstkern::dispatch_floating<DOUBLE>(TYPE, NAME, [&](auto burstkern_tag_) { \
+    using scalar_t = decltype(burstkern_tag_);                                    \
+    return __VA_ARGS__();                                                         \
+  })

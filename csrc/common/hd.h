@@ -1,5 +1,5 @@
-// BURSTKERN_HD marks the per-element functions that the CUDA kernels and the CPU build of the same burstkern_C ops
-// share (__host__ __device__ under nvcc, plain inline in the C++ compiler), so the CPU tests run the device code.
+// BURSTKERN_HD marks the per-element functions of the CUDA kernels (__host__ __device__ under nvcc, plain inline in
+// the C++ compiler): the SIMT emulation of the tests runs them on the CPU, and the CPU kernels may call them too.
 #pragma once
 
 #if defined(__CUDACC__)

@@ -1,18 +1,22 @@
-// The launch policy of the CUDA executors: kernels are written once (csrc/<op>/*kernels.cuh) with their host-side
-// launch code templated on a policy, this one on the GPU and common/simt_emu.h's EmuLaunch on the CPU (tests).
+// The launch policy of the CUDA kernels: they are written once (csrc/<op>/<op>_kernels.cuh) with their host-side
+// launch code templated on a policy, this one on the GPU and testing/simt_emu.h's EmuLaunch on the CPU (tests).
 #pragma once
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
 
 #include <utility>
 
+#include "common/exec.h"
+
 namespace burstkern {
 
-struct CudaLaunch {
+struct CudaLaunch : CudaDevice {
+  using Guard = c10::cuda::CUDAGuard;
   // kernel<<<grid, block, 0, current stream>>>(args...), then the launch check
   template <class... P, class... A>
   static void launch(void (*kernel)(P...), dim3 grid, dim3 block, A&&... args) {

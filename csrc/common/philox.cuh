@@ -1,7 +1,7 @@
 // Counter-based normals shared by every op that draws noise in-kernel: Philox 4x32-10 + Triton's uint->float +
 // Box-Muller, i.e. exactly `tl.randn(seed, offset)` (the spec and its derivation: burstkern/ops/denoise/rng.py).
-// Everything is __host__ __device__ so the CPU build of an op draws the very words its CUDA kernel draws and the
-// tests can pin them to the spec on a machine without a GPU.
+// Everything is __host__ __device__ and free of CUDA builtins, so the CPU kernels draw the very words the CUDA
+// kernels draw and the tests can pin them to the spec on a machine without a GPU.
 #pragma once
 
 #include <cmath>

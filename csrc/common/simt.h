@@ -1,11 +1,14 @@
-// What a kernel file (csrc/<op>/*kernels.cuh) includes for the CUDA builtins and types it uses: the real ones
-// under nvcc, common/simt_emu.h's CPU stand-ins under the C++ compiler (the SIMT emulation of the tests).
+// What a kernels header (csrc/<op>/<op>_kernels.cuh) includes for the CUDA builtins and types it uses: the real ones
+// under nvcc; under the C++ compiler, the SIMT emulation's stand-ins (csrc/testing/simt_emu.h), which exist only in
+// a testing build (BURSTKERN_TESTING).
 #pragma once
 
 #if defined(__CUDACC__)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
+#elif defined(BURSTKERN_TESTING)
+#include "testing/simt_emu.h"
 #else
-#include "common/simt_emu.h"
+#error "the CUDA kernels compile with nvcc, or with the C++ compiler only for the SIMT emulation of a testing build"
 #endif

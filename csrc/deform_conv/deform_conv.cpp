@@ -1,8 +1,6 @@
-// Schemas of the burstkern_C deform_conv2d ops (kernels: deform_conv_fwd_cuda.cu / deform_conv_bwd_cuda.cu for CUDA
-// tensors, deform_conv_cpu.cpp for CPU tensors, both from ops.h). The public op is burstkern::deform_conv2d
-// (burstkern/ops/deform_conv/op.py); its cuda backend (burstkern/ops/deform_conv/cuda.py) calls these.
+// Schemas of the burstkern_C deform_conv2d ops; they equal the Python burstkern:: ops' (burstkern/ops/deform_conv/,
+// tests/test_schemas.py). Kernels: deform_conv_cuda.cu (CUDA tensors) and deform_conv_cpu.cpp (CPU tensors).
 #include <torch/library.h>
-
 
 TORCH_LIBRARY_FRAGMENT(burstkern_C, m) {
   // [N, Cout, Ho, Wo] in input's layout (channels_last when input is channels_last and not contiguous).
@@ -14,4 +12,3 @@ TORCH_LIBRARY_FRAGMENT(burstkern_C, m) {
         "int stride_h, int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, Tensor? mask) -> "
         "(Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
-

@@ -1,20 +1,9 @@
-// The CUDA executor's forward of burstkern_C::deform_conv2d (kernel: fwd_kernel.cuh) and the CUDA registrations.
+// The CUDA executor of the burstkern_C deform_conv2d ops: the kernels of deform_conv_kernels.cuh on the GPU.
 #include <torch/library.h>
 
 #include "common/launch_cuda.cuh"
-#include "deform_conv/cuda_common.cuh"
-#include "deform_conv/fwd_kernel.cuh"
+#include "deform_conv/deform_conv_kernels.cuh"
 
-namespace burstkern {
-namespace deform_conv {
-
-void CudaExec::forward(const Args& a, at::ScalarType dt) { launch_forward<CudaLaunch>(a, dt); }
-
-}  // namespace deform_conv
-}  // namespace burstkern
 TORCH_LIBRARY_IMPL(burstkern_C, CUDA, m) {
-  using burstkern::deform_conv::CudaExec;
-  namespace dc = burstkern::deform_conv;
-  m.impl("deform_conv2d", &dc::forward<CudaExec>);
-  m.impl("deform_conv2d_backward", &dc::backward<CudaExec>);
+  burstkern::deform_conv::register_impls<burstkern::deform_conv::KernelImpls<burstkern::CudaLaunch>>(m);
 }

@@ -1,4 +1,16 @@
-// Backward CUDA kernels of burstkern_C::deform_conv2d_backward, neither with a buffer that grows with N·Cin·K·H·W:
+// The CUDA kernels of the burstkern_C deform_conv2d ops, their launches and host code, written once: nvcc builds them
+// for the GPU (deform_conv_cuda.cu, launch policy CudaLaunch), the C++ compiler for the SIMT emulation of the tests
+// (deform_conv_cpu.cpp in a testing build, EmuLaunch). Element math: element.cuh; argument checks: deform_conv.h.
+//
+// Forward kernel of burstkern_C::deform_conv2d: an implicit GEMM with no column buffer. Each block owns
+// kBM output pixels (n, ho, wo flattened) x kBN output channels of one weight group and loops over the reduction
+// K = taps x the group's input channels in kBK chunks: its threads sample the modulated [kBM, kBK] A tile
+// (bilinear gather x mask; a thread keeps one pixel and reuses its stencil while the offset group stays the same)
+// and load the weight tile [kBK, kBN] into shared memory, and the warps multiply them (tensor cores for
+// half/bfloat16, fp32 FMAs for float; fp32 accumulate). Bias in the epilogue; the output is written with its own
+// strides (contiguous or channels_last). 64-bit offsets throughout.
+//
+// Backward kernels of burstkern_C::deform_conv2d_backward, neither with a buffer that grows with N·Cin·K·H·W:
 //
 // * deform_conv2d_bwd_kernel (grad input / offset / mask): a block owns kBMD output pixels (one per thread in the
 //   element phase). Per tap, weight group and kBND-channel chunk it forms grad_columns = grad_out x W^T on the
@@ -11,19 +23,251 @@
 // * deform_conv2d_bwd_weight_kernel (grad weight): an implicit GEMM grad_out^T x columns reducing over pixels
 //   (the sampled tile recomputed on the fly), split over pixel ranges into an fp32 workspace [splits, Cout,
 //   Cin/groups, K] that torch sums (deterministic, no atomics).
-// grad bias (grad_out summed in fp32) and the fp32 -> dtype casts are done by ops.h. The launches are templated on a
-// launch policy (common/launch_cuda.cuh on the GPU, the SIMT emulation in the tests).
+// grad bias (grad_out summed in fp32) and the fp32 -> dtype casts are done by the host code at the end of this file.
+//
+// Shared device pieces of the kernels: the block shape, the
+// shared-memory element type, and the 32x32 warp tile product every implicit GEMM here is built from: tensor cores
+// (nvcuda::wmma 16x16x16, fp32 accumulate) for half/bfloat16, exact fp32 FMAs for float (no TF32).
 #pragma once
 
+#include <ATen/ATen.h>
+
 #include <algorithm>
+#include <optional>
+#include <tuple>
 #include <type_traits>
 
-#include "deform_conv/tile_mma.cuh"
+#include "common/alloc.h"
+#include "common/dispatch.h"
+#include "common/simt.h"
+#include "deform_conv/deform_conv.h"
 
 namespace burstkern {
 namespace deform_conv {
+// internal linkage: nvcc and the C++ compiler build different bodies under the same names
 namespace {
 
+// Everything a kernel needs; pointers are untyped (the launches dispatch on the dtype).
+struct Args {
+  Dims d;
+  const void *x = nullptr, *off = nullptr, *msk = nullptr, *w = nullptr, *b = nullptr, *gout = nullptr;
+  Strides4 sx{}, so{}, sm{}, swt{}, sg{};  // input, offset, mask, weight, grad_out
+  void* y = nullptr;                       // forward output
+  Strides4 sy{};
+  float* gi = nullptr;  // backward: fp32 grad-input accumulator, contiguous [N, Cin, H, W], zero-filled
+  void *goff = nullptr, *gmsk = nullptr;
+  Strides4 sgo{}, sgm{};
+};
+
+inline Strides4 strides4(const Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+constexpr int kThreads = 128;  // 4 warps per block, each owning a 32x32 piece of the block's output tile
+constexpr int kBK = 32;        // reduction step of every tile product
+constexpr int kPad = 8;        // shared-memory row padding (elements): fewer bank conflicts, keeps wmma alignment
+
+// Shared-memory element type of the tile products: the tensor cores' type for half/bfloat16, float for float.
+template <typename T>
+struct Smem {
+  using type = float;
+};
+template <>
+struct Smem<at::Half> {
+  using type = __half;
+};
+template <>
+struct Smem<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+__device__ __forceinline__ void to_smem(float* p, float v) { *p = v; }
+__device__ __forceinline__ void to_smem(__half* p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void to_smem(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+// One warp's 32x32 fp32 accumulator tile. step(): acc += A[32 x kBK] · B[kBK x 32], both row-major in shared memory
+// (A at the warp's first row, B at its first column). store(): the tile into a float shared-memory tile.
+template <typename S>
+struct WarpMma {
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc[2][2];
+
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.0f);
+  }
+
+  __device__ __forceinline__ void step(const S* A, int lda, const S* B, int ldb) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+    __trap();  // bfloat16 tensor cores need sm_80+; the build targets sm_80 / sm_86 / sm_90
+#else
+    using namespace nvcuda;
+#pragma unroll
+    for (int kk = 0; kk < kBK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, S, wmma::row_major> fa[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, S, wmma::row_major> fb[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], A + i * 16 * lda + kk, lda);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], B + kk * ldb + j * 16, ldb);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+    }
+#endif
+  }
+
+  __device__ __forceinline__ void store(float* C, int ldc) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+        nvcuda::wmma::store_matrix_sync(C + i * 16 * ldc + j * 16, acc[i][j], ldc, nvcuda::wmma::mem_row_major);
+  }
+};
+
+// float: exact fp32 FMAs, lane l owns rows 4·(l/4)..+4 and columns 8·(l%4)..+8 of the warp tile.
+template <>
+struct WarpMma<float> {
+  float acc[4][8];
+
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[i][j] = 0.0f;
+  }
+
+  __device__ __forceinline__ void step(const float* A, int lda, const float* B, int ldb) {
+    const int lane = threadIdx.x & 31, r0 = (lane >> 2) * 4, c0 = (lane & 3) * 8;
+#pragma unroll 4
+    for (int k = 0; k < kBK; ++k) {
+      float a[4], b[8];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = A[(r0 + i) * lda + k];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) b[j] = B[k * ldb + c0 + j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+  }
+
+  __device__ __forceinline__ void store(float* C, int ldc) {
+    const int lane = threadIdx.x & 31, r0 = (lane >> 2) * 4, c0 = (lane & 3) * 8;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) C[(r0 + i) * ldc + c0 + j] = acc[i][j];
+  }
+};
+
+
+// ---------------------------------------------------------------------------------------------------------------
+// forward
+// ---------------------------------------------------------------------------------------------------------------
+constexpr int kBM = 64, kBN = 64;
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) deform_conv2d_fwd_kernel(const Args a) {
+  using S = typename Smem<T>::type;
+  __shared__ __align__(32) S As[kBM][kBK + kPad];
+  __shared__ __align__(32) S Bs[kBK][kBN + kPad];
+  __shared__ __align__(32) float Cs[kBM][kBN + 4];
+  const Dims& d = a.d;
+  const int tid = threadIdx.x, warp = tid >> 5;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  const int64_t tiles_n = (d.cout_g + kBN - 1) / kBN;
+  const int64_t g = blockIdx.y / tiles_n, co0 = (blockIdx.y % tiles_n) * kBN;
+  const T* x = static_cast<const T*>(a.x);
+  const T* off = static_cast<const T*>(a.off);
+  const T* msk = static_cast<const T*>(a.msk);
+  const T* w = static_cast<const T*>(a.w);
+
+  // this thread's pixel of the A tile and its channels ak0, ak0 + 2, ... of each chunk (adjacent threads take
+  // adjacent pixels: coalesced gathers for NCHW inputs)
+  const int am = tid % kBM, ak0 = tid / kBM;
+  constexpr int kStepK = kThreads / kBM;
+  const int64_t m = m0 + am;
+  const bool m_ok = m < d.M;
+  int64_t n = 0, ho = 0, wo = 0;
+  if (m_ok) {
+    n = m / (d.Ho * d.Wo);
+    const int64_t r = m - n * d.Ho * d.Wo;
+    ho = r / d.Wo;
+    wo = r - ho * d.Wo;
+  }
+  const T* xn = x + n * a.sx.n;
+
+  WarpMma<S> mma;
+  mma.zero();
+  const int wr = (warp >> 1) * 32, wc = (warp & 1) * 32;
+  for (int tap = 0; tap < d.K; ++tap) {
+    const int ti = tap / d.kw, tj = tap - ti * d.kw;
+    int64_t cached_og = -1;
+    TapSample ts{};
+    for (int64_t c0 = 0; c0 < d.cin_g; c0 += kBK) {
+#pragma unroll 4
+      for (int kk = ak0; kk < kBK; kk += kStepK) {
+        const int64_t ci = c0 + kk;
+        float v = 0.0f;
+        if (m_ok && ci < d.cin_g) {
+          const int64_t c = g * d.cin_g + ci;
+          const int64_t ogi = c / d.cpg;
+          if (ogi != cached_og) {  // channels only grow within a tap: one stencil per (tap, offset group)
+            ts = tap_sample(d, off, a.so, msk, a.sm, n, ogi, tap, ho, wo);
+            cached_og = ogi;
+          }
+          v = ts.mask * bilinear(xn + c * a.sx.c, a.sx.h, a.sx.w, ts.s);
+        }
+        to_smem(&As[am][kk], v);
+      }
+      for (int idx = tid; idx < kBK * kBN; idx += kThreads) {
+        const int nn = idx % kBN, kk = idx / kBN;
+        const int64_t ci = c0 + kk, co = co0 + nn;
+        float v = 0.0f;
+        if (ci < d.cin_g && co < d.cout_g) {
+          v = ld(w + (g * d.cout_g + co) * a.swt.n + ci * a.swt.c + ti * a.swt.h + tj * a.swt.w);
+        }
+        to_smem(&Bs[kk][nn], v);
+      }
+      __syncthreads();
+      mma.step(&As[wr][0], kBK + kPad, &Bs[0][wc], kBN + kPad);
+      __syncthreads();
+    }
+  }
+  mma.store(&Cs[wr][wc], kBN + 4);
+  __syncthreads();
+  const T* b = static_cast<const T*>(a.b);
+  T* y = static_cast<T*>(a.y);
+  for (int idx = tid; idx < kBM * kBN; idx += kThreads) {
+    const int ml = idx % kBM, nn = idx / kBM;
+    const int64_t mo = m0 + ml, co = g * d.cout_g + co0 + nn;
+    if (mo >= d.M || co0 + nn >= d.cout_g) continue;
+    const int64_t on = mo / (d.Ho * d.Wo);
+    const int64_t r = mo - on * d.Ho * d.Wo;
+    const int64_t oh = r / d.Wo, ow = r - oh * d.Wo;
+    const float v = Cs[ml][nn] + (b ? ld(b + co) : 0.0f);
+    y[on * a.sy.n + co * a.sy.c + oh * a.sy.h + ow * a.sy.w] = static_cast<T>(v);
+  }
+}
+
+template <class L>
+void launch_forward(const Args& a, at::ScalarType dt) {
+  const int64_t tiles_m = (a.d.M + kBM - 1) / kBM;
+  const int64_t tiles_n = a.d.groups * ((a.d.cout_g + kBN - 1) / kBN);
+  TORCH_CHECK(tiles_m <= INT32_MAX && tiles_n <= 65535, "deform_conv2d: ", a.d.M, " output pixels x ", a.d.Cout,
+              " output channels is too large a grid");
+  const dim3 grid(static_cast<unsigned int>(tiles_m), static_cast<unsigned int>(tiles_n));
+  BURSTKERN_DISPATCH_FLOATING(false, dt, "deform_conv2d", [&] {
+    L::launch(deform_conv2d_fwd_kernel<scalar_t>, grid, dim3(kThreads), a);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// backward
+// ---------------------------------------------------------------------------------------------------------------
 constexpr int kBMD = kThreads;  // grad input/offset/mask: pixels per block, one per thread in the element phase
 constexpr int kBND = 32;        // channels per chunk
 constexpr int kBMW = 64, kBNW = 64;  // grad weight: output channels x (channel, tap) columns per block
@@ -224,8 +468,7 @@ void launch_backward_data(const Args& a, at::ScalarType dt, bool deterministic) 
     }
     const int64_t blocks = (me - mb + kBMD - 1) / kBMD;
     TORCH_CHECK(blocks <= INT32_MAX, "deform_conv2d_backward: too many output pixels (", a.d.M, ")");
-    dispatch_dtype(dt, [&](auto tag) {
-      using scalar_t = decltype(tag);
+    BURSTKERN_DISPATCH_FLOATING(false, dt, "deform_conv2d_backward", [&] {
       L::launch(deform_conv2d_bwd_kernel<scalar_t>, dim3(static_cast<unsigned int>(blocks)), dim3(kThreads), a, mb, me,
                 deterministic ? idx.mutable_data_ptr<int64_t>() : nullptr,
                 deterministic ? val.mutable_data_ptr<float>() : nullptr);
@@ -256,12 +499,104 @@ Tensor launch_backward_weight(const Args& a, at::ScalarType dt) {
   Tensor ws = at::empty({splits, a.d.Cout, a.d.cin_g, a.d.kh, a.d.kw}, dev_opts.dtype(at::kFloat));
   const dim3 grid(static_cast<unsigned int>(tiles_k), static_cast<unsigned int>(tiles_co),
                   static_cast<unsigned int>(splits));
-  dispatch_dtype(dt, [&](auto tag) {
-    using scalar_t = decltype(tag);
+  BURSTKERN_DISPATCH_FLOATING(false, dt, "deform_conv2d_backward", [&] {
     L::launch(deform_conv2d_bwd_weight_kernel<scalar_t>, grid, dim3(kThreads), a, per, ws.mutable_data_ptr<float>());
   });
   return ws.sum(0);
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// host code: outputs, the argument pack, grad bias. E: KernelLaunch<L> below (device traits, Guard, and
+// forward(args, dtype) writes args.y; backward_data(args, dtype, deterministic) accumulates grad input into args.gi
+// and writes every element of args.goff / args.gmsk; backward_weight(args, dtype) -> fp32 grad weight).
+// ---------------------------------------------------------------------------------------------------------------
+inline Args make_args(const Dims& d, const Tensor& input, const Tensor& offset, const Tensor& weight,
+                      const std::optional<Tensor>& bias, const std::optional<Tensor>& mask) {
+  Args a;
+  a.d = d;
+  a.x = input.const_data_ptr();
+  a.sx = strides4(input);
+  a.off = offset.const_data_ptr();
+  a.so = strides4(offset);
+  a.w = weight.const_data_ptr();
+  a.swt = strides4(weight);
+  if (bias.has_value()) a.b = bias->const_data_ptr();  // read with stride 1: the callers pass a contiguous one
+  if (mask.has_value()) {
+    a.msk = mask->const_data_ptr();
+    a.sm = strides4(*mask);
+  }
+  return a;
+}
+
+template <class E>
+Tensor forward(const Tensor& input, const Tensor& offset, const Tensor& weight, const std::optional<Tensor>& bias,
+               int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+               const std::optional<Tensor>& mask) {
+  const Dims d = check_forward<E>(input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask);
+  typename E::Guard guard(input.device());
+  std::optional<Tensor> b;
+  if (bias.has_value()) b = bias->contiguous();
+  Args a = make_args(d, input, offset, weight, b, mask);
+  Tensor y = new_output({d.N, d.Cout, d.Ho, d.Wo}, input.options(), memory_format_of(input));
+  if (d.M == 0) return y;
+  a.y = y.mutable_data_ptr();
+  a.sy = strides4(y);
+  E::forward(a, input.scalar_type());
+  return y;
+}
+
+// (grad_input, grad_offset, grad_weight, grad_bias, grad_mask); grad_bias / grad_mask are empty [0] placeholders
+// when bias / mask is None.
+template <class E>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> backward(const Tensor& grad, const Tensor& input,
+                                                            const Tensor& offset, const Tensor& weight,
+                                                            const std::optional<Tensor>& bias, int64_t sh, int64_t sw,
+                                                            int64_t ph, int64_t pw, int64_t dh, int64_t dw,
+                                                            const std::optional<Tensor>& mask) {
+  const Dims d = check_backward<E>(grad, input, offset, weight, bias, sh, sw, ph, pw, dh, dw, mask);
+  typename E::Guard guard(input.device());
+  Args a = make_args(d, input, offset, weight, bias, mask);
+  const auto fmt = memory_format_of(input);
+  const auto dt = input.scalar_type();
+  a.gout = grad.const_data_ptr();
+  a.sg = strides4(grad);
+  Tensor gi_acc = at::zeros(input.sizes(), input.options().dtype(at::kFloat));
+  Tensor goff = new_output(offset.sizes(), offset.options(), fmt);
+  Tensor gmsk = mask.has_value() ? new_output(mask->sizes(), mask->options(), fmt) : placeholder(input);
+  Tensor gw;
+  if (d.M > 0) {
+    a.gi = gi_acc.mutable_data_ptr<float>();
+    a.goff = goff.mutable_data_ptr();
+    a.sgo = strides4(goff);
+    if (mask.has_value()) {
+      a.gmsk = gmsk.mutable_data_ptr();
+      a.sgm = strides4(gmsk);
+    }
+    E::backward_data(a, dt, at::globalContext().deterministicAlgorithms());
+    gw = E::backward_weight(a, dt).to(weight.scalar_type());
+  } else {
+    gw = at::zeros(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
+  }
+  Tensor gi = new_output(input.sizes(), input.options(), fmt);
+  gi.copy_(gi_acc);
+  Tensor gb = bias.has_value() ? grad.to(at::kFloat).sum({0, 2, 3}).to(bias->scalar_type()) : placeholder(input);
+  return {gi, goff, gw.contiguous(), gb, gmsk};
+}
+
+// The kernels above on launch policy L (CudaLaunch, or the SIMT emulation's EmuLaunch).
+template <class L>
+struct KernelLaunch : L {
+  static void forward(const Args& a, at::ScalarType dt) { launch_forward<L>(a, dt); }
+  static void backward_data(const Args& a, at::ScalarType dt, bool det) { launch_backward_data<L>(a, dt, det); }
+  static Tensor backward_weight(const Args& a, at::ScalarType dt) { return launch_backward_weight<L>(a, dt); }
+};
+
+// The executor of the CUDA kernels on launch policy L (register_impls).
+template <class L>
+struct KernelImpls {
+  static constexpr auto deform_conv2d = &forward<KernelLaunch<L>>;
+  static constexpr auto deform_conv2d_backward = &backward<KernelLaunch<L>>;
+};
 
 }  // namespace
 }  // namespace deform_conv

@@ -1,7 +1,6 @@
-// Per-sample math of deform_conv2d (burstkern/ops/deform_conv/reference.py is the spec; DESIGN.md "deform_conv2d").
-// Every function here is __host__ __device__: the CUDA kernels and the CPU loops of the burstkern_C ops run the
-// very same code, so the CPU build pins sampling, corner weights and their derivatives on a machine without a GPU.
-// Bilinear sampling counts each of the four corners outside the image as zero (as reference._corners and
+// Per-sample math of deform_conv2d (burstkern/ops/deform_conv/reference.py is the spec), __host__ __device__ and
+// free of CUDA builtins: the CUDA kernels (deform_conv_kernels.cuh) run it, and plain C++ may include it. Bilinear
+// sampling counts each of the four corners outside the image as zero (as reference._corners and
 // torchvision). All math is fp32 whatever the storage dtype.
 #pragma once
 
@@ -11,7 +10,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "common/hd.h"
+#include "common/load.h"
 
 namespace burstkern {
 namespace deform_conv {
@@ -69,11 +68,6 @@ BURSTKERN_HD float sample_y(const Dims& d, int64_t ho, int i, float dy) {
 }
 BURSTKERN_HD float sample_x(const Dims& d, int64_t wo, int j, float dx) {
   return static_cast<float>(wo * d.sw - d.pw + static_cast<int64_t>(j) * d.dw) + dx;
-}
-
-template <typename T>
-BURSTKERN_HD float ld(const T* p) {
-  return static_cast<float>(*p);
 }
 
 // Sampled value of one channel plane (pointer to its (0, 0) element, strides sh/sw): a zero-weight corner is not

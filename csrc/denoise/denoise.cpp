@@ -1,19 +1,20 @@
-// Schemas of the burstkern_C denoise ops (kernels: denoise_cuda.cu for CUDA tensors, denoise_cpu.cpp for CPU
-// tensors, both from ops.h). The public ops are burstkern::* (burstkern/ops/denoise/op.py); its cuda backend
-// (burstkern/ops/denoise/cuda.py) calls these. Outputs that an op does not produce are empty [0] placeholders.
+// Schemas of the burstkern_C denoise ops; they equal the Python burstkern:: ops' (burstkern/ops/denoise/,
+// tests/test_schemas.py). Kernels: denoise_cuda.cu (CUDA tensors) and denoise_cpu.cpp (CPU tensors). mode: "edm",
+// or "cm" (consistency scalings with sigma_min). Outputs that an op does not produce are empty [0] placeholders.
 #include <torch/library.h>
 
 
 TORCH_LIBRARY_FRAGMENT(burstkern_C, m) {
-  // (c_skip, c_out, c_in, c_noise) of a contiguous σ, float32; cm: consistency scalings with sigma_min.
-  m.def("denoise_scalings(Tensor sigma, float sigma_data, float sigma_min, bool cm) -> (Tensor, Tensor, Tensor, "
+  // (c_skip, c_out, c_in, c_noise) of a contiguous σ, float32.
+  m.def("denoise_scalings(Tensor sigma, float sigma_data, float sigma_min, str mode) -> (Tensor, Tensor, Tensor, "
         "Tensor)");
   // (D, d): D = c_skip·x + c_out·F; d = (x − D)/σ when return_d, else a placeholder.
-  m.def("denoise_combine(Tensor x, Tensor F, Tensor sigma, float sigma_data, float sigma_min, bool cm, "
+  m.def("denoise_combine(Tensor x, Tensor F, Tensor sigma, float sigma_data, float sigma_min, str mode, "
         "bool return_d) -> (Tensor, Tensor)");
-  // (grad_x, grad_F, grad_sigma); grad_d None when d is unused; grad_sigma a placeholder unless need_sigma.
-  m.def("denoise_combine_backward(Tensor grad_D, Tensor? grad_d, Tensor x, Tensor F, Tensor sigma, "
-        "float sigma_data, float sigma_min, bool cm, bool need_sigma) -> (Tensor, Tensor, Tensor)");
+  // (grad_x, grad_F, grad_sigma); grad_d is used when return_d and it is not an empty placeholder; grad_sigma a
+  // placeholder unless need_sigma.
+  m.def("denoise_combine_backward(Tensor grad_D, Tensor grad_d, Tensor x, Tensor F, Tensor sigma, "
+        "float sigma_data, float sigma_min, str mode, bool return_d, bool need_sigma) -> (Tensor, Tensor, Tensor)");
   // (x_next, d) of one Euler step.
   m.def("edm_euler_update(Tensor x, Tensor F, Tensor sigma, Tensor sigma_next, float sigma_data) -> (Tensor, "
         "Tensor)");
@@ -32,7 +33,5 @@ TORCH_LIBRARY_FRAGMENT(burstkern_C, m) {
   m.def("edm_loss(Tensor x_noisy, Tensor F, Tensor y, Tensor sigma, float sigma_data) -> Tensor");
   m.def("edm_loss_backward(Tensor grad, Tensor x_noisy, Tensor F, Tensor y, Tensor sigma, float sigma_data) -> "
         "(Tensor, Tensor, Tensor)");
-  // The in-kernel RNG at int64 offsets: (float32 normals, int64 Philox words [..., 4]); tests pin it to rng.py.
-  m.def("denoise_randn(Tensor seed, Tensor offsets) -> (Tensor, Tensor)");
 }
 

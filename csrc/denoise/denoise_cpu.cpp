@@ -1,85 +1,43 @@
-// CPU implementations of the burstkern_C denoise ops: the functors of functors.cuh (the code the CUDA kernels
-// run) in plain loops. They exist so the compiled element code (math, RNG bits, sample indexing, dtypes) is
-// tested on machines without a GPU; the `cuda` backend itself stays GPU-only. When the tests switch the SIMT
-// emulation on, the CUDA kernels themselves run.
-#include <ATen/Parallel.h>
+// The CPU executor of the burstkern_C denoise ops: the CPU kernels (denoise_cpu_kernels.h) after the shared checks;
+// in a testing build, under burstkern_C::set_simt_emulation, the CUDA kernels on the SIMT emulation.
 #include <torch/library.h>
 
-#include <vector>
-
 #include "common/exec.h"
-#include "denoise/ops.h"
-// last: under the C++ compiler this brings the SIMT emulation's stand-ins for the CUDA keywords (common/simt.h)
-#include "denoise/kernels.cuh"
+#include "common/library.h"
+#include "denoise/denoise.h"
+#include "denoise/denoise_cpu_kernels.h"
+#ifdef BURSTKERN_TESTING
+#include "denoise/denoise_kernels.cuh"  // under the C++ compiler: the SIMT emulation (testing/simt_emu.h)
+#endif
 
 namespace burstkern {
 namespace denoise {
 namespace {
 
-// The loops below, or under burstkern_C::set_simt_emulation the CUDA kernels themselves (kernels.cuh) on the SIMT
-// emulation.
-struct CpuExec : CpuExecBase {
-  using Emu = KernelLaunch<simt::EmuLaunch>;
+#ifdef BURSTKERN_TESTING
+using EmuExec = KernelLaunch<simt::EmuLaunch>;
+#endif
 
-  // Emulates a grid-stride launch of kThreads threads, the walk of the CUDA kernels; kThreads is prime so that in
-  // the tests thread strides straddle sample boundaries both within and across samples.
-  static constexpr int64_t kThreads = 61;
-
-  template <class F>
-  static void elementwise(const F& fn, int64_t total, int64_t M) {
-    if (simt::mode() != 0) return Emu::elementwise(fn, total, M);
-    const int64_t threads = std::min<int64_t>(kThreads, total);
-    at::parallel_for(0, threads, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        for (SampleCursor c(t, threads, M); c.i < total; c.advance()) fn(c.i, c.n, c.r);
-      }
-    });
-  }
-
-  // Per-group sums in fixed chunks (float partials, then the partials in order), as the CUDA reduction does.
-  static constexpr int64_t kChunk = 2048;
-
-  template <class F>
-  static void reduce(const F& fn, int64_t groups, int64_t group_size, int64_t M, const Tensor& like) {
-    if (simt::mode() != 0) return Emu::reduce(fn, groups, group_size, M, like);
-    const int64_t nblk = std::max<int64_t>(1, (group_size + kChunk - 1) / kChunk);
-    std::vector<float> partials(static_cast<size_t>(groups * nblk), 0.0f);
-    at::parallel_for(0, groups * nblk, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t blk = begin; blk < end; ++blk) {
-        const int64_t g = blk / nblk, r0 = (blk % nblk) * kChunk;
-        const int64_t count = std::min<int64_t>(kChunk, group_size - r0);
-        float acc = 0.0f;
-        if (count > 0) {
-          SampleCursor c(g * group_size + r0, 1, M);
-          for (int64_t k = 0; k < count; ++k, c.advance()) acc += fn(c.i, c.n, c.r);
-        }
-        partials[static_cast<size_t>(blk)] = acc;
-      }
-    });
-    for (int64_t g = 0; g < groups; ++g) {
-      float sum = 0.0f;
-      for (int64_t b = 0; b < nblk; ++b) sum += partials[static_cast<size_t>(g * nblk + b)];
-      fn.finalize(g, sum);
-    }
-  }
+struct CpuExec {
+  static constexpr auto denoise_scalings = BURSTKERN_CPU_IMPL(check_scalings, cpu::denoise_scalings, scalings);
+  static constexpr auto denoise_combine = BURSTKERN_CPU_IMPL(check_combine, cpu::denoise_combine, combine);
+  static constexpr auto denoise_combine_backward =
+      BURSTKERN_CPU_IMPL(check_combine_backward, cpu::denoise_combine_backward, combine_backward);
+  static constexpr auto edm_euler_update = BURSTKERN_CPU_IMPL(check_euler, cpu::edm_euler_update, euler);
+  static constexpr auto edm_heun_update = BURSTKERN_CPU_IMPL(check_heun, cpu::edm_heun_update, heun);
+  static constexpr auto add_noise = BURSTKERN_CPU_IMPL(check_add_noise, cpu::add_noise, denoise::add_noise);
+  static constexpr auto cm_update = BURSTKERN_CPU_IMPL(check_cm_update, cpu::cm_update, denoise::cm_update);
+  static constexpr auto cm_update_backward =
+      BURSTKERN_CPU_IMPL(check_cm_update_backward, cpu::cm_update_backward, denoise::cm_update_backward);
+  static constexpr auto edm_loss = BURSTKERN_CPU_IMPL(check_edm_loss, cpu::edm_loss, denoise::edm_loss);
+  static constexpr auto edm_loss_backward =
+      BURSTKERN_CPU_IMPL(check_edm_loss_backward, cpu::edm_loss_backward, denoise::edm_loss_backward);
 };
+
+const CpuKernels kRegistered("denoise", &cpu::cpu_path);
 
 }  // namespace
 }  // namespace denoise
 }  // namespace burstkern
 
-TORCH_LIBRARY_IMPL(burstkern_C, CPU, m) {
-  using burstkern::denoise::CpuExec;
-  namespace dn = burstkern::denoise;
-  m.impl("denoise_scalings", &dn::scalings<CpuExec>);
-  m.impl("denoise_combine", &dn::combine<CpuExec>);
-  m.impl("denoise_combine_backward", &dn::combine_backward<CpuExec>);
-  m.impl("edm_euler_update", &dn::euler<CpuExec>);
-  m.impl("edm_heun_update", &dn::heun<CpuExec>);
-  m.impl("add_noise", &dn::add_noise<CpuExec>);
-  m.impl("cm_update", &dn::cm_update<CpuExec>);
-  m.impl("cm_update_backward", &dn::cm_update_backward<CpuExec>);
-  m.impl("edm_loss", &dn::edm_loss<CpuExec>);
-  m.impl("edm_loss_backward", &dn::edm_loss_backward<CpuExec>);
-  m.impl("denoise_randn", &dn::randn<CpuExec>);
-}
+TORCH_LIBRARY_IMPL(burstkern_C, CPU, m) { burstkern::denoise::register_impls<burstkern::denoise::CpuExec>(m); }

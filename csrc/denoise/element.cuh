@@ -1,7 +1,6 @@
-// Per-element math of the denoise ops (burstkern/ops/denoise/reference.py is the spec; DESIGN.md "Denoise update").
-// Every function here is __host__ __device__: the CUDA kernels and the CPU loops of the burstkern_C ops call the
-// very same code, so the CPU build pins the math, the sample indexing and the RNG on a machine without a GPU.
-// All math is fp32 whatever the storage dtype (float, half, bfloat16), rounded once on store.
+// Per-element math of the denoise ops (burstkern/ops/denoise/reference.py is the spec) and the addressing of their
+// kernels, __host__ __device__ and free of CUDA builtins: the CUDA kernels (denoise_kernels.cuh) run it, and plain
+// C++ may include it. All math is fp32 whatever the storage dtype (float, half, bfloat16), rounded once on store.
 #pragma once
 
 #include <c10/util/BFloat16.h>

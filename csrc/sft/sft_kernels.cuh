@@ -1,5 +1,18 @@
-// One functor per pass of the sft ops, around the element math of element.cuh. Tile functors (run by the tile walk
-// of element.cuh in sft_cuda.cu's kernels and sft_cpu.cpp's loops) have
+// The CUDA kernels of the burstkern_C sft ops, their launches and host code, written once: nvcc builds them for the
+// GPU (sft_cuda.cu, launch policy CudaLaunch), the C++ compiler for the SIMT emulation of the tests (sft_cpu.cpp in
+// a testing build, EmuLaunch). Argument checks: sft.h; element math: element.cuh.
+//
+// The tile functors below run by one tile kernel (a block per (n, c, HW chunk) in NCHW, per (n, channel tile, pixel
+// chunk) in channels_last, 16-byte vectors where aligned, 64-bit indices), the per-block sums of reducing passes written as fixed-order partials
+// and summed in a fixed order by a small finalize kernel: deterministic, no float atomics. fp32 math for
+// float/half/bfloat16 storage.
+//
+// Launches: sft_modulate 1; its backward 1 (+1 finalize for per-channel gamma/beta); sft_group_norm 3 (statistics,
+// finalize, apply); its backward 3 (sums + spatial dgamma/dbeta, finalize, dx). Registers (sm_90, nvcc 13.0): the
+// NCHW kernels 28-80 (forward 28-48: full occupancy); channels_last keeps V channels' parameters and sums per
+// thread, up to 165 for the bf16 GroupNorm backward (one 256-thread block per SM: a known cost, not yet tuned).
+//
+// Functors: one per pass, around the element math of element.cuh. Tile functors (run by the tile walk) have
 //   prepare(T, n, c0, lanes)               per-thread, per-channel parameters (read once per thread),
 //   step(T, n, c0, hw, lanes, acc)         V lanes at position hw: elementwise outputs, and (kReduce) per-lane terms
 //                                          added to acc[lane][0..K) that the block sums into per-(n, c, chunk)
@@ -8,14 +21,104 @@
 // no float atomics anywhere).
 #pragma once
 
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <limits>
+#include <optional>
+#include <tuple>
+
+#include "common/alloc.h"
+#include "common/dispatch.h"
+#include "common/load.h"
+#include "common/simt.h"
 #include "sft/element.cuh"
+#include "sft/sft.h"
 
 namespace burstkern {
 namespace sft {
+// internal linkage: nvcc and the C++ compiler build different bodies under the same names
+namespace {
 
-template <typename T>
-BURSTKERN_HD float ldf(const T* p, int64_t i) {
-  return static_cast<float>(p[i]);
+// ---------------------------------------------------------------------------------------------------------------
+// addressing: x-like tensors are dense [N, C, HW] in one of two orders (NCHW: (n·C + c)·HW + hw; channels_last:
+// (n·HW + hw)·C + c); gamma/beta and their gradients are strided views (sN, sC, sHW), sHW = 0 for per-channel
+// [N, C, 1, 1], channel slices of a merged [N, 2C, ...] tensor read and written in place.
+// ---------------------------------------------------------------------------------------------------------------
+struct Strided {
+  int64_t sN, sC, sHW;
+  bool vec;  // lane stride 1, 16-byte aligned base and outer strides: V lanes are one aligned vector
+
+  BURSTKERN_HD int64_t at(int64_t n, int64_t c, int64_t hw) const { return n * sN + c * sC + hw * sHW; }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// the tile walk: one block of kThreads threads covers (n, a chunk of HW, all or a tile of the channels)
+//   NCHW:          block = (n, c, HW chunk); thread t takes V consecutive hw at h0 + t·V, h0 + (t + T)·V, ...
+//   channels_last: block = (n, channel tile, pixel chunk); threads form rows × cols, thread (row, col) takes the
+//                  V consecutive channels c0 + col·V at pixels p0 + row, p0 + row + rows, ...
+// so every thread's channels are fixed for the whole walk (per-channel parameters are read once per thread) and
+// V lanes are one 16-byte vector of every x-like tensor (inner length divisible by V, else V = 1).
+// ---------------------------------------------------------------------------------------------------------------
+constexpr int kThreads = 256;
+
+struct Tiling {
+  int64_t N, C, HW;
+  bool cl;         // channels_last
+  int64_t chunk;   // elements along HW (NCHW) or pixels (channels_last) per block
+  int64_t nchunk;  // chunks per (n, c) row (NCHW) or per (n, channel tile) (channels_last)
+  int64_t cols;    // channels_last: vector columns per block (power of two), rows = kThreads / cols
+  int64_t nctile;  // channels_last: channel tiles per sample
+  int64_t blocks;
+
+  BURSTKERN_HD int64_t rows() const { return cl ? kThreads / cols : kThreads; }
+};
+
+// Where thread t of block b works: sample n, first channel c0 (lane k is channel c0 + k in channels_last, c0 in
+// NCHW), its first position, end, and step along HW; active false for a channels_last column past C.
+struct ThreadWalk {
+  int64_t n, c0, chunk, first, end, step;
+  bool active;
+};
+
+template <int V, bool CL>
+BURSTKERN_HD ThreadWalk thread_walk(const Tiling& T, int64_t b, int64_t t) {
+  ThreadWalk w{};
+  w.chunk = b % T.nchunk;
+  const int64_t r = b / T.nchunk;
+  const int64_t lo = w.chunk * T.chunk;
+  w.end = lo + T.chunk < T.HW ? lo + T.chunk : T.HW;
+  if constexpr (!CL) {
+    w.n = r / T.C;
+    w.c0 = r % T.C;
+    w.first = lo + t * V;
+    w.step = static_cast<int64_t>(kThreads) * V;
+    w.active = true;
+  } else {
+    w.n = r / T.nctile;
+    const int64_t col = t % T.cols, row = t / T.cols;
+    w.c0 = ((r % T.nctile) * T.cols + col) * V;
+    w.first = lo + row;
+    w.step = kThreads / T.cols;
+    w.active = w.c0 < T.C;
+  }
+  return w;
+}
+
+// Memory offset of (n, c, hw) in a dense x-like tensor.
+template <bool CL>
+BURSTKERN_HD int64_t dense_at(const Tiling& T, int64_t n, int64_t c, int64_t hw) {
+  return CL ? (n * T.HW + hw) * T.C + c : (n * T.C + c) * T.HW + hw;
+}
+
+// The layout is a template parameter of the walk: in NCHW a thread's V lanes are one channel, so its per-channel
+// parameters and sums live in lane 0 only (fewer registers, more resident blocks); in channels_last lane k is
+// channel c0 + k.
+template <bool CL>
+BURSTKERN_HD constexpr int lane(int k) {
+  return CL ? k : 0;
 }
 
 // gamma/beta of one call: spatial ([N, C, H, W]) or per-channel ([N, C, 1, 1], sHW = 0) strided views; b ==
@@ -187,7 +290,7 @@ struct GnStatsFn {
 #pragma unroll
     for (int k = 0; k < (CL ? V : 1); ++k) {
       const int64_t c = CL ? c0 + k : c0;
-      L.p[k] = ldf(x, dense_at<CL>(T, n, (c / Cg) * Cg, 0));
+      L.p[k] = ld(x, dense_at<CL>(T, n, (c / Cg) * Cg, 0));
     }
   }
 
@@ -239,7 +342,7 @@ struct GnStatsFinalizeFn {
       }
     }
     const float var = m2 / static_cast<float>(cnt);
-    mean[i] = ldf(x, T.cl ? dense_at<true>(T, n, g * Cg, 0) : dense_at<false>(T, n, g * Cg, 0)) + mu;
+    mean[i] = ld(x, T.cl ? dense_at<true>(T, n, g * Cg, 0) : dense_at<false>(T, n, g * Cg, 0)) + mu;
     rstd[i] = 1.0f / sqrtf(var + eps);
   }
 };
@@ -260,8 +363,8 @@ BURSTKERN_HD void norm_prepare(const Tiling&, int64_t n, int64_t c0, int64_t G, 
     const int64_t ng = n * G + c / Cg;
     L.mean[k] = mean[ng];
     L.rstd[k] = rstd[ng];
-    L.w[k] = w != nullptr ? ldf(w, c * ws) : 1.0f;
-    L.bias[k] = bias != nullptr ? ldf(bias, c * bs) : 0.0f;
+    L.w[k] = w != nullptr ? ld(w, c * ws) : 1.0f;
+    L.bias[k] = bias != nullptr ? ld(bias, c * bs) : 0.0f;
   }
 }
 
@@ -396,7 +499,7 @@ struct GnBwdFinalizeFn {
       const int64_t n = i / G, g = i % G;
       float s0 = 0.0f, s1 = 0.0f;
       for (int64_t c = g * Cg; c < (g + 1) * Cg; ++c) {
-        const float wc = w != nullptr ? ldf(w, c * ws) : 1.0f;
+        const float wc = w != nullptr ? ld(w, c * ws) : 1.0f;
         s0 += wc * row_sum(0, n, c);
         s1 += wc * row_sum(1, n, c);
       }
@@ -472,10 +575,9 @@ struct GnBwdDxFn {
 };
 
 // ---------------------------------------------------------------------------------------------------------------
-// the block reduction, shared by both builds: each thread's lane sums go to shared memory (NCHW: lane 0 only, the
-// lanes are one channel), a fixed tree sums them (NCHW: all threads; channels_last: the rows of each
-// column), and row 0 writes the block's partial of each channel. The CUDA kernel runs the levels with
-// __syncthreads() between them, the CPU loop one level after the other: the same sums in the same order.
+// the block reduction: each thread's lane sums go to shared memory (NCHW: lane 0 only, the lanes are one channel),
+// a fixed tree sums them (NCHW: all threads; channels_last: the rows of each column) with __syncthreads() between
+// the levels, and row 0 writes the block's partial of each channel.
 // ---------------------------------------------------------------------------------------------------------------
 template <int V, int K, bool CL>
 BURSTKERN_HD void block_store(int64_t t, const float (*acc)[K], float* sm) {
@@ -532,5 +634,385 @@ BURSTKERN_HD void thread_run(const F& fn, const Tiling& T, int64_t b, int64_t t,
   for (int64_t hw = w.first; hw < w.end; hw += w.step) fn.template step<CL>(T, w.n, w.c0, hw, L, acc);
 }
 
+template <int V, bool CL, class F>
+__global__ void __launch_bounds__(kThreads) tile_kernel(const F fn, const Tiling T, float* __restrict__ part) {
+  const int64_t b = blockIdx.x, t = threadIdx.x;
+  float acc[V][F::K];
+  thread_run<V, CL>(fn, T, b, t, acc);
+  if constexpr (F::kReduce) {
+    if (part == nullptr) return;  // nothing to reduce in this call (e.g. spatial gamma and beta): whole block
+    // V·K floats per thread: at most 8·4·256·4 B = 32 KiB
+    __shared__ float sm[kThreads * V * F::K];
+    block_store<V, F::K, CL>(t, acc, sm);
+    __syncthreads();
+    for (int64_t half = T.rows() / 2; half >= 1; half >>= 1) {
+      block_level<V, F::K, CL>(T, t, half, sm);
+      __syncthreads();
+    }
+    block_write<V, F::K, CL>(T, b, t, sm, part);
+  }
+}
+
+template <class F>
+__global__ void __launch_bounds__(kThreads) each_kernel(const F fn, int64_t count) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count; i += stride) fn(i);
+}
+
+// The launches of the kernels above on launch policy L (CudaLaunch, or the SIMT emulation's EmuLaunch): the
+// executor functions the host code below calls.
+template <class L>
+struct KernelLaunch : L {
+  template <int V, class F>
+  static void tile(const F& fn, const Tiling& T, float* part) {
+    if (T.blocks == 0) return;
+    const dim3 grid(static_cast<unsigned int>(T.blocks));
+    if (T.cl) {
+      L::launch(tile_kernel<V, true, F>, grid, dim3(kThreads), fn, T, part);
+    } else {
+      L::launch(tile_kernel<V, false, F>, grid, dim3(kThreads), fn, T, part);
+    }
+  }
+
+  template <class F>
+  static void each(const F& fn, int64_t count) {
+    if (count == 0) return;
+    const int64_t blocks = std::min<int64_t>((count + kThreads - 1) / kThreads, 65535);
+    L::launch(each_kernel<F>, dim3(static_cast<unsigned int>(blocks)), dim3(kThreads), fn, count);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// host code: layouts, outputs, tiling, dtype/vector-width dispatch. Exec: KernelLaunch<L> (device traits, Guard,
+// tile<V>(fn, tiling, partials): the tile walk over tiling.blocks blocks, partials [K][N][C][nchunk] written when
+// F::kReduce and partials != nullptr; each(fn, count): fn(i) for i in [0, count)).
+// Passes: sft_modulate: tile(ModFwd); backward: tile(ModBwd) [+ each(ModBwdFinalize) for per-channel
+// gamma/beta]; sft_group_norm: tile(GnStats), each(GnStatsFinalize), tile(GnFwd); backward: tile(GnBwd),
+// each(GnBwdFinalize), tile(GnBwdDx).
+// ---------------------------------------------------------------------------------------------------------------
+// (sN, sC, sHW) of a [N, C, H, W] view whose H and W merge into one index; sHW = 0 for a per-channel tensor.
+inline Strided strided_of(const Tensor& t, const char* name, int V, bool cl) {
+  Strided s{t.stride(0), t.stride(1), 0, false};
+  const int64_t h = t.size(2), w = t.size(3);
+  if (h * w == 1) {
+    s.sHW = 0;
+  } else if (w == 1) {
+    s.sHW = t.stride(2);
+  } else {
+    TORCH_CHECK(h == 1 || t.stride(2) == w * t.stride(3), name, " must have H and W mergeable into one index "
+                "(contiguous, channels_last or channel-sliced; the Python glue copies other views), got shape ",
+                t.sizes(), " with strides ", t.strides());
+    s.sHW = t.stride(3);
+  }
+  // one 16-byte vector per V lanes: lanes along HW (NCHW) or C (channels_last) with stride 1, aligned base, outer
+  // strides multiples of V so every vector the walk reaches is aligned
+  const int64_t lane = cl ? s.sC : s.sHW, outer = cl ? s.sHW : s.sC;
+  const auto addr = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+  s.vec = V > 1 && lane == 1 && addr % 16 == 0 && s.sN % V == 0 && outer % V == 0;
+  return s;
+}
+
+template <typename scalar_t>
+ModIn<scalar_t> mod_in(const Split& s, int V, bool cl) {
+  ModIn<scalar_t> m{};
+  m.g = s.g.const_data_ptr<scalar_t>();
+  m.gs = strided_of(s.g, "gamma", V, cl);
+  m.g_sp = s.g_sp;
+  if (s.b.defined()) {
+    m.b = s.b.const_data_ptr<scalar_t>();
+    m.bs = strided_of(s.b, "beta", V, cl);
+    m.b_sp = s.b_sp;
+  }
+  return m;
+}
+
+inline int64_t next_pow2(int64_t v) {
+  int64_t p = 1;
+  while (p < v) p <<= 1;
+  return p;
+}
+
+// NCHW: blocks of (n, c, chunk of ~E positions); channels_last: (n, channel tile, chunk of pixels), the tile's
+// channels as power-of-two vector columns and the rest of the 256 threads as pixel rows.
+inline Tiling make_tiling(const XLayout& L, int V) {
+  const int64_t E = std::max<int64_t>(1, testing::sft_tile_elements());
+  Tiling T{};
+  T.N = L.N;
+  T.C = L.C;
+  T.HW = L.HW;
+  T.cl = L.cl;
+  if (!L.cl) {
+    T.chunk = (std::min(E, L.HW) + V - 1) / V * V;
+    T.cols = 1;
+    T.nctile = 1;
+    T.nchunk = (L.HW + T.chunk - 1) / T.chunk;
+    T.blocks = L.N * L.C * T.nchunk;
+  } else {
+    const int64_t vc = (L.C + V - 1) / V;
+    T.cols = std::min<int64_t>(next_pow2(vc), kThreads);
+    T.nctile = (vc + T.cols - 1) / T.cols;
+    const int64_t rows = kThreads / T.cols;
+    T.chunk = std::min(L.HW, std::max(rows, E / (T.cols * V) / rows * rows));
+    T.nchunk = (L.HW + T.chunk - 1) / T.chunk;
+    T.blocks = L.N * T.nctile * T.nchunk;
+  }
+  TORCH_CHECK(T.blocks <= std::numeric_limits<int32_t>::max(), "sft: x of shape [", L.N, ", ", L.C, ", ", L.HW,
+              " positions] needs more than 2^31 blocks");
+  return T;
+}
+
+// 16 bytes per vector when the inner axis (HW for NCHW, C for channels_last) splits into whole vectors and every
+// dense tensor starts 16-byte aligned; otherwise one element per lane.
+inline int vec_width(const XLayout& L, int64_t elem, std::initializer_list<const Tensor*> dense) {
+  const int V = static_cast<int>(16 / elem);
+  if ((L.cl ? L.C : L.HW) % V != 0) return 1;
+  for (const Tensor* t : dense) {
+    if (reinterpret_cast<uintptr_t>(t->const_data_ptr()) % 16 != 0) return 1;
+  }
+  return V;
+}
+
+// Calls body.template operator()<scalar_t, V>() for x's dtype (float, half, bfloat16) and the chosen vector width
+// (1 or 16 bytes).
+template <typename scalar_t, class Body>
+void with_width(int V, Body& body) {
+  constexpr int kVec = static_cast<int>(16 / sizeof(scalar_t));
+  if (V > 1) {
+    body.template operator()<scalar_t, kVec>();
+  } else {
+    body.template operator()<scalar_t, 1>();
+  }
+}
+
+template <class Body>
+void dispatch(const Tensor& x, int V, Body&& body) {
+  BURSTKERN_DISPATCH_FLOATING(false, x.scalar_type(), "sft", [&] { with_width<scalar_t>(V, body); });
+}
+
+inline Tensor float_ws(int64_t n, const Tensor& like) { return at::empty({n}, like.options().dtype(at::kFloat)); }
+
+// ---------------------------------------------------------------------------------------------------------------
+// sft_modulate
+// ---------------------------------------------------------------------------------------------------------------
+template <class Exec>
+Tensor modulate(const Tensor& x, const Tensor& gamma, const std::optional<Tensor>& beta, int64_t act, double slope) {
+  const Checked c = check_modulate<Exec>(x, gamma, beta, act, slope);
+  const XLayout& L = c.L;
+  const Split& s = c.s;
+  typename Exec::Guard guard(x.device());
+  Tensor out = new_output(x.sizes(), x.options(), L.fmt);
+  if (L.N == 0) return out;
+  const int V = vec_width(L, x.element_size(), {&x, &out});
+  const Tiling T = make_tiling(L, V);
+  dispatch(x, V, [&]<typename scalar_t, int kV>() {
+    ModFwdFn<scalar_t, kV> fn{x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
+                              mod_in<scalar_t>(s, kV, L.cl), static_cast<int>(act), static_cast<float>(slope)};
+    Exec::template tile<kV>(fn, T, nullptr);
+  });
+  return out;
+}
+
+// Gradient buffers of gamma/beta in their own shapes, laid out like x, and the C-channel views the kernels write.
+struct GradBufs {
+  Tensor dgamma, dbeta, dg, db;
+};
+
+inline GradBufs grad_bufs(const Tensor& x, const XLayout& L, const Tensor& gamma, const std::optional<Tensor>& beta,
+                          const Split& s) {
+  GradBufs r;
+  r.dgamma = new_output(gamma.sizes(), x.options(), L.fmt);
+  r.dbeta = beta.has_value() ? new_output(beta->sizes(), x.options(), L.fmt) : placeholder(x);
+  if (s.merged) {
+    r.dg = r.dgamma.narrow(1, 0, L.C);
+    r.db = r.dgamma.narrow(1, L.C, L.C);
+  } else {
+    r.dg = r.dgamma;
+    if (beta.has_value()) r.db = r.dbeta;
+  }
+  return r;
+}
+
+template <class Exec>
+std::tuple<Tensor, Tensor, Tensor> modulate_backward(const Tensor& grad, const Tensor& x, const Tensor& gamma,
+                                                     const std::optional<Tensor>& beta, int64_t act, double slope) {
+  const Checked c = check_modulate_backward<Exec>(grad, x, gamma, beta, act, slope);
+  const XLayout& L = c.L;
+  const Split& s = c.s;
+  typename Exec::Guard guard(x.device());
+  Tensor dx = new_output(x.sizes(), x.options(), L.fmt);
+  GradBufs gb = grad_bufs(x, L, gamma, beta, s);
+  if (L.N == 0) return {dx, gb.dgamma, gb.dbeta};
+  const int V = vec_width(L, x.element_size(), {&x, &grad, &dx});
+  const Tiling T = make_tiling(L, V);
+  const bool g_chan = !s.g_sp, b_chan = s.b.defined() && !s.b_sp;
+  Tensor part = (g_chan || b_chan) ? float_ws(2 * L.N * L.C * T.nchunk, x) : Tensor();
+  dispatch(x, V, [&]<typename scalar_t, int kV>() {
+    ModBwdFn<scalar_t, kV> fn{};
+    fn.dy = grad.const_data_ptr<scalar_t>();
+    fn.x = x.const_data_ptr<scalar_t>();
+    fn.dx = dx.mutable_data_ptr<scalar_t>();
+    fn.dg = gb.dg.mutable_data_ptr<scalar_t>();
+    fn.dgs = strided_of(gb.dg, "grad_gamma", kV, L.cl);
+    if (gb.db.defined()) {
+      fn.db = gb.db.mutable_data_ptr<scalar_t>();
+      fn.dbs = strided_of(gb.db, "grad_beta", kV, L.cl);
+    }
+    fn.m = mod_in<scalar_t>(s, kV, L.cl);
+    fn.act = static_cast<int>(act);
+    fn.slope = static_cast<float>(slope);
+    Exec::template tile<kV>(fn, T, part.defined() ? part.mutable_data_ptr<float>() : nullptr);
+    if (part.defined()) {
+      ModBwdFinalizeFn<scalar_t> fin{part.const_data_ptr<float>(), L.N, L.C, T.nchunk,
+                                     g_chan ? fn.dg : nullptr, b_chan ? fn.db : nullptr, fn.dgs, fn.dbs};
+      Exec::each(fin, L.N * L.C);
+    }
+  });
+  return {dx, gb.dgamma, gb.dbeta};
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// sft_group_norm
+// ---------------------------------------------------------------------------------------------------------------
+template <class Exec>
+std::tuple<Tensor, Tensor, Tensor> group_norm(const Tensor& x, const Tensor& gamma, const std::optional<Tensor>& beta,
+                                              int64_t G, const std::optional<Tensor>& weight,
+                                              const std::optional<Tensor>& bias, double eps, int64_t act,
+                                              double slope) {
+  const Checked c = check_group_norm<Exec>(x, gamma, beta, G, weight, bias, eps, act, slope);
+  const XLayout& L = c.L;
+  const Split& s = c.s;
+  typename Exec::Guard guard(x.device());
+  Tensor out = new_output(x.sizes(), x.options(), L.fmt);
+  const auto contiguous = at::MemoryFormat::Contiguous;
+  Tensor mean = new_output({L.N, G}, x.options().dtype(at::kFloat), contiguous);
+  Tensor rstd = new_output({L.N, G}, x.options().dtype(at::kFloat), contiguous);
+  if (L.N == 0) return {out, mean, rstd};
+  const int V = vec_width(L, x.element_size(), {&x, &out});
+  const Tiling T = make_tiling(L, V);
+  const int64_t Cg = L.C / G;
+  Tensor part = float_ws(2 * L.N * L.C * T.nchunk, x);
+  dispatch(x, V, [&]<typename scalar_t, int kV>() {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    GnStatsFn<scalar_t, kV> stats{xp, Cg};
+    Exec::template tile<kV>(stats, T, part.mutable_data_ptr<float>());
+    GnStatsFinalizeFn<scalar_t> fin{part.const_data_ptr<float>(), xp, T, G, Cg, static_cast<float>(eps),
+                                    mean.mutable_data_ptr<float>(), rstd.mutable_data_ptr<float>()};
+    Exec::each(fin, L.N * G);
+    GnFwdFn<scalar_t, kV> fn{};
+    fn.x = xp;
+    fn.out = out.mutable_data_ptr<scalar_t>();
+    fn.m = mod_in<scalar_t>(s, kV, L.cl);
+    fn.mean = mean.const_data_ptr<float>();
+    fn.rstd = rstd.const_data_ptr<float>();
+    fn.w = weight.has_value() ? weight->const_data_ptr<scalar_t>() : nullptr;
+    fn.ws = weight.has_value() ? weight->stride(0) : 0;
+    fn.bias = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
+    fn.bs = bias.has_value() ? bias->stride(0) : 0;
+    fn.G = G;
+    fn.Cg = Cg;
+    fn.act = static_cast<int>(act);
+    fn.slope = static_cast<float>(slope);
+    Exec::template tile<kV>(fn, T, nullptr);
+  });
+  return {out, mean, rstd};
+}
+
+template <class Exec>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_backward(
+    const Tensor& grad, const Tensor& x, const Tensor& gamma, const std::optional<Tensor>& beta, int64_t G,
+    const std::optional<Tensor>& weight, const std::optional<Tensor>& bias, const Tensor& mean, const Tensor& rstd,
+    double eps, int64_t act, double slope) {
+  const Checked c = check_group_norm_backward<Exec>(grad, x, gamma, beta, G, weight, bias, mean, rstd, eps, act,
+                                                    slope);
+  const XLayout& L = c.L;
+  const Split& s = c.s;
+  typename Exec::Guard guard(x.device());
+  Tensor dx = new_output(x.sizes(), x.options(), L.fmt);
+  GradBufs gb = grad_bufs(x, L, gamma, beta, s);
+  auto param_grad = [&](const std::optional<Tensor>& t) {
+    return t.has_value() ? new_output(t->sizes(), t->options(), at::MemoryFormat::Contiguous) : placeholder(x);
+  };
+  Tensor dw = param_grad(weight), dbias = param_grad(bias);
+  if (L.N == 0) {
+    if (weight.has_value()) dw.zero_();
+    if (bias.has_value()) dbias.zero_();
+    return {dx, gb.dgamma, gb.dbeta, dw, dbias};
+  }
+  const int V = vec_width(L, x.element_size(), {&x, &grad, &dx});
+  const Tiling T = make_tiling(L, V);
+  const int64_t Cg = L.C / G;
+  Tensor part = float_ws(4 * L.N * L.C * T.nchunk, x);
+  Tensor coef = float_ws(2 * L.N * G, x);
+  const bool g_chan = !s.g_sp, b_chan = s.b.defined() && !s.b_sp;
+  dispatch(x, V, [&]<typename scalar_t, int kV>() {
+    const scalar_t* w = weight.has_value() ? weight->const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bp = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
+    const int64_t ws = weight.has_value() ? weight->stride(0) : 0, bs = bias.has_value() ? bias->stride(0) : 0;
+    GnBwdFn<scalar_t, kV> p1{};
+    p1.dy = grad.const_data_ptr<scalar_t>();
+    p1.x = x.const_data_ptr<scalar_t>();
+    p1.dg = gb.dg.mutable_data_ptr<scalar_t>();
+    p1.dgs = strided_of(gb.dg, "grad_gamma", kV, L.cl);
+    if (gb.db.defined()) {
+      p1.db = gb.db.mutable_data_ptr<scalar_t>();
+      p1.dbs = strided_of(gb.db, "grad_beta", kV, L.cl);
+    }
+    p1.m = mod_in<scalar_t>(s, kV, L.cl);
+    p1.mean = mean.const_data_ptr<float>();
+    p1.rstd = rstd.const_data_ptr<float>();
+    p1.w = w;
+    p1.ws = ws;
+    p1.bias = bp;
+    p1.bs = bs;
+    p1.G = G;
+    p1.Cg = Cg;
+    p1.act = static_cast<int>(act);
+    p1.slope = static_cast<float>(slope);
+    Exec::template tile<kV>(p1, T, part.mutable_data_ptr<float>());
+    GnBwdFinalizeFn<scalar_t> fin{part.const_data_ptr<float>(),
+                                  T,
+                                  G,
+                                  Cg,
+                                  w,
+                                  ws,
+                                  coef.mutable_data_ptr<float>(),
+                                  weight.has_value() ? dw.mutable_data_ptr<scalar_t>() : nullptr,
+                                  bias.has_value() ? dbias.mutable_data_ptr<scalar_t>() : nullptr,
+                                  g_chan ? p1.dg : nullptr,
+                                  b_chan ? p1.db : nullptr,
+                                  p1.dgs,
+                                  p1.dbs};
+    Exec::each(fin, L.N * G + L.C + L.N * L.C);
+    GnBwdDxFn<scalar_t, kV> p2{};
+    p2.dy = p1.dy;
+    p2.x = p1.x;
+    p2.dx = dx.mutable_data_ptr<scalar_t>();
+    p2.m = p1.m;
+    p2.mean = p1.mean;
+    p2.rstd = p1.rstd;
+    p2.coef = coef.const_data_ptr<float>();
+    p2.w = w;
+    p2.ws = ws;
+    p2.bias = bp;
+    p2.bs = bs;
+    p2.G = G;
+    p2.Cg = Cg;
+    p2.act = p1.act;
+    p2.slope = p1.slope;
+    Exec::template tile<kV>(p2, T, nullptr);
+  });
+  return {dx, gb.dgamma, gb.dbeta, dw, dbias};
+}
+
+// The executor of the CUDA kernels on launch policy L (register_impls).
+template <class L>
+struct KernelImpls {
+  static constexpr auto sft_modulate = &modulate<KernelLaunch<L>>;
+  static constexpr auto sft_modulate_backward = &modulate_backward<KernelLaunch<L>>;
+  static constexpr auto sft_group_norm = &group_norm<KernelLaunch<L>>;
+  static constexpr auto sft_group_norm_backward = &group_norm_backward<KernelLaunch<L>>;
+};
+
+}  // namespace
 }  // namespace sft
 }  // namespace burstkern

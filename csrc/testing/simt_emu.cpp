@@ -11,7 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "common/simt_emu.h"
+#include "testing/simt_emu.h"
+#include "testing/switches.h"
 
 namespace burstkern {
 namespace simt {
@@ -134,8 +135,6 @@ void run_block(Runner& r, int nthreads, bool reverse) {
 
 }  // namespace
 
-int mode() { return g_mode.load(std::memory_order_relaxed); }
-
 Stats stats() { return Stats{g_launches.load(), g_blocks.load(), g_barriers.load()}; }
 
 void block_barrier() { wait_as(State::kAtBlockBarrier); }
@@ -172,7 +171,7 @@ void run(dim3 grid, dim3 block, const std::function<void()>& body) {
   g_runner = &r;
   blockDim = block;
   gridDim = grid;
-  const bool reverse = mode() == 2;
+  const bool reverse = testing::simt_mode() == 2;
   g_launches.fetch_add(1, std::memory_order_relaxed);
   try {
     for (unsigned int z = 0; z < grid.z; ++z)
@@ -205,11 +204,14 @@ std::vector<int64_t> stats_op() {
 
 }  // namespace
 }  // namespace simt
+
+int testing::simt_mode() { return simt::g_mode.load(std::memory_order_relaxed); }
+
 }  // namespace burstkern
 
 TORCH_LIBRARY_FRAGMENT(burstkern_C, m) {
-  // Test switch: the CPU build of the ops runs the CUDA kernels under the SIMT emulation (1: threads of a block in
-  // order, 2: in reverse order) instead of its loops (0). Returns the previous mode.
+  // Test switch: CPU tensors of the burstkern_C ops run the CUDA kernels under the SIMT emulation (1: threads of a
+  // block in order, 2: in reverse order) instead of the CPU kernels (0). Returns the previous mode.
   m.def("set_simt_emulation(int mode) -> int", &burstkern::simt::set_mode);
   // [launches, blocks, barriers] emulated since the process started.
   m.def("simt_emulation_stats() -> int[]", &burstkern::simt::stats_op);

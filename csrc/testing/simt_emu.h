@@ -1,7 +1,8 @@
 // SIMT emulation: the CUDA kernels of csrc/ compiled by the C++ compiler and run on the CPU, so their tiling,
 // shared memory, barriers, warp shuffles, tensor-core tile products and atomics are tested on machines without a
-// GPU (the CPU loops of *_cpu.cpp test only the element math). Included through common/simt.h when __CUDACC__ is
-// not defined; the emulated executors (*_emu.cpp) launch the kernels through EmuLaunch.
+// GPU. Included through common/simt.h when __CUDACC__ is not defined (testing builds only: these stand-ins for the
+// CUDA keywords live here and nowhere else); the CPU executors (csrc/<op>/<op>_cpu.cpp) launch the kernels through
+// EmuLaunch while burstkern_C::set_simt_emulation is on.
 //
 // Model: a launch runs its blocks one after another; the threads of a block are fibers (ucontext) on the calling
 // thread, each run until it reaches a barrier (__syncthreads, or the warp barrier inside a shuffle) or exits, in
@@ -16,6 +17,9 @@
 #if defined(__CUDACC__)
 #error "simt_emu.h is the C++ compiler's stand-in for CUDA; nvcc uses the real thing"
 #endif
+#if !defined(BURSTKERN_TESTING)
+#error "the SIMT emulation is test machinery: build with BURSTKERN_TESTING=1"
+#endif
 
 #include <ATen/ATen.h>
 #include <c10/util/BFloat16.h>
@@ -27,6 +31,8 @@
 #include <functional>
 #include <tuple>
 #include <type_traits>
+
+#include "common/exec.h"
 
 #define __global__
 #define __device__
@@ -51,8 +57,6 @@ struct dim3 {
 extern thread_local uint3 threadIdx, blockIdx;
 extern thread_local dim3 blockDim, gridDim;
 
-// Emulation mode: 0 off (the CPU build runs its loops), 1 threads in order, 2 in reverse order.
-int mode();
 // Counters since the last reset: launches, blocks, barriers.
 struct Stats {
   int64_t launches, blocks, barriers;
@@ -122,8 +126,12 @@ inline __nv_bfloat16 __float2bfloat16_rn(float v) { return __nv_bfloat16(v); }
 inline float __half2float(__half v) { return static_cast<float>(v); }
 inline float __bfloat162float(__nv_bfloat16 v) { return static_cast<float>(v); }
 
-// The launch policy of the emulated executors (csrc/<op>/*_emu.cpp); the CUDA one is common/launch_cuda.cuh.
-struct EmuLaunch {
+// The launch policy of the emulated kernels (the CPU executors under set_simt_emulation); the CUDA one is
+// common/launch_cuda.cuh.
+struct EmuLaunch : EmulatedDevice {
+  struct Guard {
+    explicit Guard(c10::Device) {}
+  };
   template <class... P, class... A>
   static void launch(void (*kernel)(P...), dim3 grid, dim3 block, A&&... args) {
     const std::tuple<P...> params(std::forward<A>(args)...);  // converted once, copied into every thread, as CUDA
