@@ -242,17 +242,22 @@ def sync_gradients(params: Iterable[nn.Parameter]) -> None:
         buckets[-1].append(p)
         size += nbytes
     for bucket in buckets:
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket])
+        # the gradients, then one flag per parameter (had a gradient here), in one collective
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket]
+                         + [torch.tensor([float(p.grad is not None) for p in bucket], dtype=bucket[0].dtype,
+                                         device=bucket[0].device)])
         dist.all_reduce(flat)
-        flat.div_(w)
+        flags = flat[-len(bucket):]
+        flat = flat[:-len(bucket)].div_(w)
         off = 0
-        for p in bucket:
+        for p, f in zip(bucket, flags.tolist()):
             g = flat[off:off + p.numel()].view_as(p)
             off += p.numel()
-            if p.grad is None:
-                p.grad = g.clone()
-            else:
+            if p.grad is not None:
                 p.grad.copy_(g)
+            elif f > 0:             # another rank had a gradient: take the average (zeros from this rank)
+                p.grad = g.clone()
+            # no rank had one: stays None, as in one process (the optimizer skips it)
 
 
 def mean_across_ranks(x: Tensor) -> Tensor:
