@@ -79,19 +79,26 @@ def sr(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-USAGE = """usage: burstkern {info,demo,eval,sr} [options]
+USAGE = """usage: burstkern {info,demo,eval,sr,export-onnx} [options]
 
   info   versions, compiled extension, op x backend availability (with the reason when unavailable)
   demo   E-BSRD (shipped tiny weights) on a held-out burst: baseline / x_init / one-step / teacher table + figure
   eval   the whole held-out set table (burstkern.data.heldout_bursts) for the shipped or your checkpoint
   sr     super-resolve your own burst (RAW mosaics, packed .npy/.pt, or RGB frames) to a PNG
+  export-onnx  the one-step model as ONNX (DeformConv, opset >= 19) for onnxruntime
 
 `burstkern COMMAND --help` for a command's options."""
 
 
+def export_onnx(argv: Optional[List[str]] = None) -> int:
+    from . import export as _export  # onnx export support loads only when asked for
+
+    return _export.main(argv)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"info": info, "demo": demo, "eval": evaluate, "sr": sr}
+    commands = {"info": info, "demo": demo, "eval": evaluate, "sr": sr, "export-onnx": export_onnx}
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0

@@ -165,7 +165,10 @@ class SPADEGroupNorm(nn.Module):
     def modulation(self, x: Tensor, cond: Tensor) -> Tensor:
         """The merged ``[N, 2C, H, W]`` gamma|beta for x (gamma first)."""
         if cond.shape[-2:] != x.shape[-2:]:
-            cond = F.interpolate(cond, size=[x.shape[-2], x.shape[-1]], mode="bicubic", align_corners=False)
+            size = [x.shape[-2], x.shape[-1]]
+            if torch.jit.is_tracing():  # ONNX export: a constant size keeps the graph's shapes static
+                size = [int(size[0]), int(size[1])]
+            cond = F.interpolate(cond, size=size, mode="bicubic", align_corners=False)
         return self.mlp_gamma_beta(self.mlp_shared(cond))
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
@@ -220,9 +223,9 @@ class ScaleShiftGroupNorm(nn.Module):
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * channels))
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
-        scale_shift = self.emb_layers(emb)[:, :, None, None]
-        if x.dim() == 3:
-            scale_shift = scale_shift[..., 0]
+        scale_shift = self.emb_layers(emb).unsqueeze(-1)  # unsqueeze, not [..., None]: shapes stay known in ONNX
+        if x.dim() == 4:
+            scale_shift = scale_shift.unsqueeze(-1)
         norm = self.norm
         return _group_norm(x, _to(scale_shift, x.dtype), norm.num_groups, _as(norm.weight, x.dtype),
                            _as(norm.bias, x.dtype), norm.eps, self.act, self._act_code, self._slope)
