@@ -13,7 +13,8 @@
   use 14).
 - **Model**: ``--checkpoint FILE`` (python/train_ebsrd.py) or the shipped weights (``EBSRD.from_pretrained``).
 - **Methods** (``--method``, comma-separated): ``baseline`` (aligned single frame), ``initial`` (x_init),
-  ``one-step`` (consistency student), ``teacher`` (EDM Heun, ``--steps N``).
+  ``one-step`` (consistency student), ``teacher`` (EDM Heun, ``--steps N``), or ``module:function`` for a method
+  of your own: ``function(model, burst, steps, generator)`` -> linear RGB ``[B, 3, H, W]`` in [0, 1].
 - **Metrics**, per the protocol of Bhat et al.: the output is clamped and quantised to 2**14 levels, then PSNR /
   SSIM / LPIPS on linear RGB with a 40-px border ignored (:mod:`burstkern.metrics`). LPIPS only when its AlexNet
   weights are on disk (``--allow-download`` lets it fetch them), else "unavailable". BurstSR's metrics are
@@ -361,8 +362,10 @@ def _methods(spec: str) -> List[str]:
     out = []
     for m in (s.strip() for s in spec.split(",") if s.strip()):
         m = _ALIASES.get(m, m)
-        if m not in METHODS:
-            raise EvalError(f"--method {m!r}: choose from {', '.join(METHODS)}")
+        if ":" in m:   # a method of your own: module:function(model, burst, steps, generator) -> RGB [B, 3, H, W]
+            _plugin(m)
+        elif m not in METHODS:
+            raise EvalError(f"--method {m!r}: choose from {', '.join(METHODS)}, or module:function")
         if m not in out:
             out.append(m)
     if not out:
@@ -370,8 +373,24 @@ def _methods(spec: str) -> List[str]:
     return out
 
 
+_PLUGINS: Dict[str, Callable] = {}
+
+
+def _plugin(spec: str) -> Callable:
+    if spec not in _PLUGINS:
+        mod, name = spec.split(":", 1)
+        try:
+            _PLUGINS[spec] = getattr(importlib.import_module(mod), name)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise EvalError(f"--method {spec!r}: cannot import it ({type(e).__name__}: {e})") from None
+    return _PLUGINS[spec]
+
+
 def _run_method(model, method: str, burst: Tensor, steps: int, generator) -> Tensor:
-    """Linear RGB in [0, 1], ``[B, 3, H, W]``."""
+    """Linear RGB in [0, 1], ``[B, 3, H, W]``. ``method`` ``"module:function"``: ``function(model, burst, steps,
+    generator)`` returning linear RGB in [0, 1] (methods beyond E-BSRD's plug in this way)."""
+    if ":" in method:
+        return _plugin(method)(model, burst, steps, generator).float().clamp(0, 1)
     if method == "baseline":
         from .models.baseline import aligned_baseline
 

@@ -104,6 +104,27 @@ def test_eval_burstsr_fixture_aligned_metrics_unavailable_without_flow_net(tmp_p
     assert len(rows) == 2 and all(not math.isinf(float(r["psnr"])) and r["ssim"] != "unavailable" for r in rows)
 
 
+def half_baseline(model, burst, steps, generator):
+    """A plugged-in method for the tests: half the aligned baseline."""
+    from burstkern.models.baseline import aligned_baseline
+
+    return aligned_baseline(burst, model.config.scale // 2) * 0.5
+
+
+def test_eval_plugged_in_method(tmp_path, capsys, checkpoint):
+    data = tmp_path / "synval"
+    synthetic_val_fixture(str(data), n_bursts=1, h=12, w=12)
+    csv_path = str(tmp_path / "p.csv")
+    rc, out, err = run_eval(capsys, "--data", str(data), "--checkpoint", checkpoint, "--csv", csv_path,
+                            "--method", "baseline,tests.test_eval:half_baseline")
+    assert rc == 0, err
+    rows = {r["method"]: float(r["psnr"]) for r in rows_of(csv_path)}
+    assert set(rows) == {"baseline", "tests.test_eval:half_baseline"} and "tests.test_eval:half_baseline" in out
+    rc, _, err = run_eval(capsys, "--data", str(data), "--checkpoint", checkpoint, "--csv", csv_path,
+                          "--method", "nosuchmodule:fn")
+    assert rc == 2 and "cannot import" in err
+
+
 def test_spatial_color_aligner_recovers_a_colour_matrix():
     torch.manual_seed(0)
     h = 160
