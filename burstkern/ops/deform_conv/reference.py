@@ -5,6 +5,12 @@ where each of the four corners outside the image counts as zero. (torchvision al
 y <= -1 or y >= H; with corners-as-zero that is already so, and at y == -1 exactly both give torchvision's
 one-sided offset gradient.) fp16/bf16 inputs are computed in fp32 and rounded once at the end.
 
+Non-finite offsets follow torchvision's CPU kernel: a point with y <= -1, y >= H, x <= -1 or x >= W (so any
++-inf coordinate) samples 0; a NaN coordinate otherwise samples NaN; no such point reaches grad input; its grad
+offset is 0, except that the y-offset gradient is NaN when x is +-inf / NaN and the x-offset gradient is NaN
+when y is (torchvision's coordinate weight multiplies a fractional part of inf / NaN). Corner indices are int64,
+exact at any size (never computed in the float dtype).
+
 This is an im2col + grouped GEMM: clear, not fast; its column buffer is N*Cin*K*Ho*Wo elements, so it
 processes the batch in chunks to bound memory.
 """
@@ -30,9 +36,12 @@ def output_size(h: int, w: int, kh: int, kw: int, stride, padding, dilation) -> 
 def _corners(inp: torch.Tensor, offset: torch.Tensor, kh: int, kw: int, stride, padding, dilation):
     """The bilinear stencil of every sample point.
 
-    Returns ``img`` ``[N, og, Cin/og, H*W]`` and, per corner, ``(idx, wy, wx, valid, sy, sx)`` of shape
-    ``[N, og, 1, K*Ho*Wo]``: flat corner index (clamped), the two 1-D weights, whether the corner lies in the
-    image, and the signs of d(wy)/dy and d(wx)/dx (floor() is locally constant, so these are the derivatives).
+    Returns ``img`` ``[N, og, Cin/og, H*W]``; per corner, ``(idx, wy, wx, valid, sy, sx)`` of shape
+    ``[N, og, 1, K*Ho*Wo]``: flat int64 corner index (clamped), the two 1-D weights, whether the corner lies in the
+    image, and the signs of d(wy)/dy and d(wx)/dx (floor() is locally constant, so these are the derivatives);
+    and ``(fill, nan_y, nan_x)`` of the same shape: added to the sampled value (NaN for a NaN point that is not
+    outside, else 0) and to the y / x offset gradients (NaN where torchvision's is, see the module docstring).
+    Only points with y in [-1, H) and x in [-1, W) keep their stencil; any other point has no valid corner.
     """
     n, cin, h, w = inp.shape
     k = kh * kw
@@ -49,17 +58,26 @@ def _corners(inp: torch.Tensor, offset: torch.Tensor, kh: int, kw: int, stride, 
     off = offset.view(n, og, k, 2, ho, wo)
     py = (base_y + off[:, :, :, 0]).reshape(n, og, 1, k * ho * wo)
     px = (base_x + off[:, :, :, 1]).reshape(n, og, 1, k * ho * wo)
+    real = (py >= -1) & (py < h) & (px >= -1) & (px < w)
+    outside = (py <= -1) | (py >= h) | (px <= -1) | (px >= w)
+    zero = torch.zeros((), dtype=dt, device=dev)
+    nan = torch.full((), float("nan"), dtype=dt, device=dev)
+    fill = torch.where(real | outside, zero, nan)
+    nan_y = torch.where(real | torch.isfinite(px), zero, nan)
+    nan_x = torch.where(real | torch.isfinite(py), zero, nan)
+    py, px = torch.where(real, py, zero), torch.where(real, px, zero)
     y0 = torch.floor(py)
     x0 = torch.floor(px)
     ly, lx = py - y0, px - x0
+    y0i, x0i = y0.long(), x0.long()
     corners = []
     for dy, wy, sy in ((0, 1 - ly, -1.0), (1, ly, 1.0)):
         for dx, wx, sx in ((0, 1 - lx, -1.0), (1, lx, 1.0)):
-            yc, xc = y0 + dy, x0 + dx
-            valid = ((yc >= 0) & (yc <= h - 1) & (xc >= 0) & (xc <= w - 1)).to(dt)
-            idx = (yc.clamp(0, h - 1) * w + xc.clamp(0, w - 1)).long()
+            yc, xc = y0i + dy, x0i + dx
+            valid = (real & (yc >= 0) & (yc <= h - 1) & (xc >= 0) & (xc <= w - 1)).to(dt)
+            idx = yc.clamp(0, h - 1) * w + xc.clamp(0, w - 1)
             corners.append((idx, wy, wx, valid, sy, sx))
-    return inp.reshape(n, og, cin // og, h * w), corners
+    return inp.reshape(n, og, cin // og, h * w), corners, (fill, nan_y, nan_x)
 
 
 def _gather(img: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -73,8 +91,8 @@ def bilinear_columns(inp: torch.Tensor, offset: torch.Tensor, mask: Optional[tor
     k = kh * kw
     og = offset.shape[1] // (2 * k)
     ho, wo = offset.shape[2], offset.shape[3]
-    img, corners = _corners(inp, offset, kh, kw, stride, padding, dilation)
-    cols = sum(_gather(img, idx) * (wy * wx * valid) for idx, wy, wx, valid, _, _ in corners)
+    img, corners, (fill, _, _) = _corners(inp, offset, kh, kw, stride, padding, dilation)
+    cols = sum(_gather(img, idx) * (wy * wx * valid) for idx, wy, wx, valid, _, _ in corners) + fill
     cols = cols.view(n, og, cin // og, k, ho * wo)
     if mask is not None:
         cols = cols * mask.reshape(n, og, 1, k, ho * wo)
@@ -142,8 +160,8 @@ def deform_conv2d_backward(grad: torch.Tensor, inp: torch.Tensor, offset: torch.
         m = x.shape[0]
         if m == 0:
             continue
-        img, corners = _corners(x, off, kh, kw, stride, padding, dilation)
-        sampled = sum(_gather(img, idx) * (wy * wx * valid) for idx, wy, wx, valid, _, _ in corners)
+        img, corners, (fill, nan_y, nan_x) = _corners(x, off, kh, kw, stride, padding, dilation)
+        sampled = sum(_gather(img, idx) * (wy * wx * valid) for idx, wy, wx, valid, _, _ in corners) + fill
         sampled = sampled.view(m, og, cin // og, k, ho * wo)
         msk = None if mask is None else mask[sl].to(cd).reshape(m, og, 1, k, ho * wo)
         cols = sampled if msk is None else sampled * msk
@@ -155,7 +173,7 @@ def deform_conv2d_backward(grad: torch.Tensor, inp: torch.Tensor, offset: torch.
             g_cols = g_cols * msk
         g_cols = g_cols.reshape(m, og, cin // og, k * ho * wo)
         g_img = torch.zeros_like(img)
-        g_y = g_x = 0
+        g_y, g_x = nan_y, nan_x
         for idx, wy, wx, valid, sy, sx in corners:
             g_img.scatter_add_(3, idx.expand_as(g_cols), g_cols * (wy * wx * valid))
             g_v = (g_cols * _gather(img, idx)).sum(2, keepdim=True)
