@@ -281,7 +281,7 @@ std::tuple<Tensor, Tensor, Tensor> denoise_combine_backward(const Tensor& grad_D
     const double e = cm ? s[n] - smin : s[n];
     const double dm = e * e + sd2;
     dcs[n] = -2.0 * e * sd2 / (dm * dm);
-    dco[n] = sd * (den - e * s[n]) * r3;
+    dco[n] = sd * (sd2 + (cm ? smin : 0.0) * s[n]) * r3;  // = sd·(den − e·σ)·r3, no cancellation for σ ≫ sd
   }
   Args a = base_args(L, kCombineBwd);
   a.in[0] = gD.const_data_ptr();

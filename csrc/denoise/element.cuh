@@ -42,7 +42,8 @@ BURSTKERN_HD CoeffDerivs coeff_derivs(float sigma, float sd, float smin, bool cm
   const float r3 = 1.0f / (den * sqrtf(den));
   const float e = cm ? sigma - smin : sigma;
   const float dm = e * e + sd2;
-  return {-2.0f * e * sd2 / (dm * dm), sd * (den - e * sigma) * r3};
+  // den − e·σ = sd² + σ_min·σ (CM; sd² for EDM): the difference cancels in fp32 for σ ≫ sd (2e-4 at σ = 80)
+  return {-2.0f * e * sd2 / (dm * dm), sd * (sd2 + (cm ? smin : 0.0f) * sigma) * r3};
 }
 
 // EDM loss weight λ(σ) = (σ² + sd²)/(σ·sd)².

@@ -53,7 +53,8 @@ def scalings_derivatives(sigma: torch.Tensor, sd: float, smin: float, mode: str)
     e = sigma - smin if mode == "cm" else sigma
     dm = e * e + sd * sd
     d_skip = -2 * e * sd * sd / (dm * dm)
-    d_out = sd * (den - e * sigma) * r3
+    # den - e·σ = sd² + σ_min·σ (CM; sd² for EDM), written so: the difference cancels in fp32 for σ ≫ sd
+    d_out = sd * (sd * sd + (smin if mode == "cm" else 0.0) * sigma) * r3
     d_in = -sigma * r3
     d_noise = 0.25 / sigma
     return d_skip, d_out, d_in, d_noise

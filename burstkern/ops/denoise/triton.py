@@ -84,11 +84,13 @@ def _coeff_derivs(sig, sd, smin, IS_CM: tl.constexpr):
     r3 = 1.0 / (den * tl.sqrt_rn(den))
     if IS_CM:
         e = sig - smin
+        shift = smin
     else:
         e = sig
+        shift = 0.0
     dm = e * e + sd2
     d_skip = -2.0 * e * sd2 / (dm * dm)
-    d_out = sd * (den - e * sig) * r3
+    d_out = sd * (sd2 + shift * sig) * r3  # = sd·(den − e·σ)·r3 without the fp32 cancellation for σ ≫ sd
     return d_skip, d_out
 
 
