@@ -253,3 +253,18 @@ def test_lpips_real_model(no_network):
     assert torch.allclose(M.lpips(target, target), torch.zeros(2), atol=1e-6)
     d = M.lpips(pred, target)
     assert d.shape == (2,) and (d > 0.01).all() and math.isfinite(d.sum().item())
+
+
+def test_hf_ratio_flags_noise_and_blur():
+    from burstkern.metrics import hf_energy, hf_ratio
+
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    img = (0.5 + 0.25 * torch.sin(xx / 1.5) * torch.cos(yy / 2.0)).expand(2, 3, 128, 128).clone()
+    assert torch.allclose(hf_ratio(img, img), torch.ones(2))
+    noisy = img + 0.05 * torch.randn(img.shape, generator=g)
+    blurred = torch.nn.functional.avg_pool2d(img, 5, stride=1, padding=2, count_include_pad=False)
+    assert (hf_ratio(noisy, img) > 1.1).all() and (hf_ratio(blurred, img) < 0.5).all()
+    assert hf_energy(img[0]).dim() == 0 and hf_energy(img).shape == (2,)
+    flat = torch.full((3, 100, 100), 0.3)
+    assert float(hf_energy(flat)) < 1e-12

@@ -198,7 +198,7 @@ def test_samplers_same_under_reference_and_triton():
 
 def test_sampler_errors():
     x = torch.randn(2, 3, 4, 4)
-    with pytest.raises(ValueError, match="start must be 'noise' or 'early'"):
+    with pytest.raises(ValueError, match="start must be 'noise', 'early' or 'noised'"):
         edm_heun_sampler(ideal_edm_F, x, start="late")
     with pytest.raises(ValueError, match="num_steps must be an int >= 1"):
         edm_heun_sampler(ideal_edm_F, x, num_steps=0)
