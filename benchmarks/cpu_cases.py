@@ -445,8 +445,9 @@ def _denoise_group(shape) -> Group:
 # end to end: EBSRD one step
 # ----------------------------------------------------------------------------------------------
 E2E_PRESETS = {"tiny": 4, "paper": 8}  # preset -> burst size
-E2E_PROVIDERS = ["bk_reference", "bk_native", "torch_compile_reference"]
+E2E_PROVIDERS = ["bk_reference", "bk_native", "torch_compile_reference", "bk_auto"]
 STAGES = ("encoder", "align", "head", "unet")
+E2E_OPS = ("deform_conv2d", "sft_group_norm", "sft_modulate", "add_noise", "cm_update", "denoise_scalings")
 
 
 @functools.lru_cache(maxsize=2)
@@ -548,8 +549,21 @@ def _e2e_group(preset: str, hw: int = 48) -> Group:
         with torch.no_grad(), burstkern.backend("reference"):
             return one_step(model_for(dtype), args[0])
 
+    def auto(args, dtype, nthreads):
+        """The ``auto`` backend, timed only when it differs from native (some op without a native CPU kernel)."""
+        try:
+            from burstkern.registry import backend_available
+        except ImportError as e:
+            raise Skip(f"no burstkern.registry: {e}")
+        missing = [op for op in E2E_OPS if not tuple(backend_available("native", "cpu", op))[0]]
+        if not missing:
+            raise Skip("auto runs the native kernels of every op here: the bk_native row")
+        fn = backend("auto")(args, dtype, nthreads)
+        fn.note = f"auto: reference for {', '.join(missing)}"
+        return fn
+
     providers = {"bk_reference": backend("reference"), "bk_native": backend("native"),
-                 "torch_compile_reference": compiled}
+                 "torch_compile_reference": compiled, "bk_auto": auto}
     g = Group("e2e", f"EBSRD('{preset}') one_step 1x{T}x4x{hw}x{hw}", "bk_reference", providers, make, reference,
               tol={"float32": 1e-3, "bfloat16": 5e-2}, dtypes=(FP32,))
     g.small = None

@@ -264,6 +264,8 @@ def run_group(group: Group, dtype, nthreads: int, rounds: int, only: Optional[Se
             continue
         fns[name] = fn
         res[name] = info
+        if getattr(fn, "note", None):
+            info["note"] = fn.note
     if group.baseline not in fns:
         res["_notes"]["_group"] = f"baseline {group.baseline} unavailable: no ratios"
     with threads(nthreads):
