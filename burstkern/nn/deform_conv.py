@@ -56,6 +56,23 @@ def _check_channels(in_channels: int, out_channels: int, groups: int) -> None:
         raise ArgumentError(f"out_channels ({out_channels}) must be divisible by groups ({groups})")
 
 
+def _init_conv(m: nn.Module, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias) -> None:
+    """The attributes and parameters torchvision's DeformConv2d and mmcv's DCNv2 pack share (same names)."""
+    _check_channels(in_channels, out_channels, groups)
+    m.in_channels = in_channels
+    m.out_channels = out_channels
+    m.kernel_size = _kernel_pair("kernel_size", kernel_size, 1)
+    m.stride = _kernel_pair("stride", stride, 1)
+    m.padding = _kernel_pair("padding", padding, 0)
+    m.dilation = _kernel_pair("dilation", dilation, 1)
+    m.groups = groups
+    m.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *m.kernel_size))
+    if bias:
+        m.bias = nn.Parameter(torch.empty(out_channels))
+    else:
+        m.register_parameter("bias", None)
+
+
 class DeformConv2d(nn.Module):
     """Deformable convolution (DCNv1, or DCNv2 when a ``mask`` is given), a drop-in for
     ``torchvision.ops.DeformConv2d`` (same arguments, parameters, initialisation and state dict).
@@ -80,19 +97,7 @@ class DeformConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True):
         super().__init__()
-        _check_channels(in_channels, out_channels, groups)
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = _kernel_pair("kernel_size", kernel_size, 1)
-        self.stride = _kernel_pair("stride", stride, 1)
-        self.padding = _kernel_pair("padding", padding, 0)
-        self.dilation = _kernel_pair("dilation", dilation, 1)
-        self.groups = groups
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_channels))
-        else:
-            self.register_parameter("bias", None)
+        _init_conv(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -150,24 +155,12 @@ class ModulatedDeformConv2d(nn.Module):
         super().__init__()
         if deformable_groups is not None:
             deform_groups = deformable_groups
-        _check_channels(in_channels, out_channels, groups)
+        _init_conv(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         if not isinstance(deform_groups, int) or deform_groups < 1 or in_channels % deform_groups != 0:
             raise ArgumentError(f"deform_groups must be a positive int dividing in_channels ({in_channels}), "
                                 f"got {deform_groups!r}")
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = _kernel_pair("kernel_size", kernel_size, 1)
-        self.stride = _kernel_pair("stride", stride, 1)
-        self.padding = _kernel_pair("padding", padding, 0)
-        self.dilation = _kernel_pair("dilation", dilation, 1)
-        self.groups = groups
         self.deform_groups = deform_groups
         self.offset_warn_threshold = offset_warn_threshold
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *self.kernel_size))
-        if bias:
-            self.bias = nn.Parameter(torch.empty(out_channels))
-        else:
-            self.register_parameter("bias", None)
         self.conv_offset = nn.Conv2d(offset_in_channels or in_channels,
                                      deform_groups * 3 * self.kernel_size[0] * self.kernel_size[1],
                                      kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,

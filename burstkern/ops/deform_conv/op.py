@@ -142,19 +142,15 @@ def check_args(input, offset, weight, bias, stride, padding, dilation, mask):
         raise C.ArgumentError(f"input's {cin} channels are not divisible by the {og} offset groups implied by offset "
                               f"({C.describe(offset)})")
     ho, wo = reference.output_size(h, w, kh, kw, stride, padding, dilation)
-    if offset.shape[0] != n:
-        raise C.ArgumentError(f"invalid batch size of offset: got {offset.shape[0]}, expected input's {n} "
-                              f"(offset: {C.describe(offset)})")
-    if ho >= 1 and wo >= 1 and tuple(offset.shape[2:]) != (ho, wo):
-        raise C.ArgumentError(f"offset output dims: ({offset.shape[2]}, {offset.shape[3]}) - computed output dims: "
-                              f"({ho}, {wo}) (offset must be {(n, 2 * og * k, ho, wo)}, got {C.describe(offset)})")
-    if mask is not None:
-        if mask.shape[0] != n:
-            raise C.ArgumentError(f"invalid batch size of mask: got {mask.shape[0]}, expected input's {n} "
-                                  f"(mask: {C.describe(mask)})")
-        if ho >= 1 and wo >= 1 and tuple(mask.shape[2:]) != (ho, wo):
-            raise C.ArgumentError(f"mask output dims: ({mask.shape[2]}, {mask.shape[3]}) - computed output dims: "
-                                  f"({ho}, {wo}) (mask must be {(n, og * k, ho, wo)}, got {C.describe(mask)})")
+    for name, t, per_pixel in (("offset", offset, 2 * og * k), ("mask", mask, og * k)):
+        if t is None:
+            continue
+        if t.shape[0] != n:
+            raise C.ArgumentError(f"invalid batch size of {name}: got {t.shape[0]}, expected input's {n} "
+                                  f"({name}: {C.describe(t)})")
+        if ho >= 1 and wo >= 1 and tuple(t.shape[2:]) != (ho, wo):
+            raise C.ArgumentError(f"{name} output dims: ({t.shape[2]}, {t.shape[3]}) - computed output dims: "
+                                  f"({ho}, {wo}) ({name} must be {(n, per_pixel, ho, wo)}, got {C.describe(t)})")
     if ho < 1 or wo < 1:
         raise C.ArgumentError(f"Calculated output size too small - out_h: {ho} out_w: {wo}: the output would be empty (input "
                               f"{C.describe(input)}, kernel {kh}x{kw}, stride {stride}, padding {padding}, "

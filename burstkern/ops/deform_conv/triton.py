@@ -96,6 +96,13 @@ def _gather(x_ptr, xb, y0, x0, w00, w01, w10, w11, sxh, sxw, ok):
 # forward
 # ----------------------------------------------------------------------------------------------
 @triton.jit
+def _pixel(p, HO, WO):
+    """(n, ho, wo) of flat output pixels p = (n * HO + ho) * WO + wo."""
+    t = p // WO
+    return t // HO, t % HO, p % WO
+
+
+@triton.jit
 def _deform_conv2d_fwd_kernel(
         x_ptr, off_ptr, msk_ptr, w_ptr, b_ptr, y_ptr,
         M, H, W, HO, WO, CIN_G, COUT_G, CPG,
@@ -115,10 +122,7 @@ def _deform_conv2d_fwd_kernel(
     # 64-bit pixel index: N*Ho*Wo times strides can pass 2^31
     p = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     p_ok = p < M
-    wo = p % WO
-    t = p // WO
-    ho = t % HO
-    n = t // HO
+    n, ho, wo = _pixel(p, HO, WO)
     K: tl.constexpr = KH * KW
     off_base = (n * son + ho * soh + wo * sow)[:, None]
     msk_base = (n * smn + ho * smh + wo * smw)[:, None]
@@ -186,10 +190,7 @@ def _deform_conv2d_bwd_kernel(
     o = tl.program_id(1)  # offset group: its (pixel, tap) sums are owned by this program alone
     p = p_start + pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     p_ok = p < p_end
-    wo = p % WO
-    t = p // WO
-    ho = t % HO
-    n = t // HO
+    n, ho, wo = _pixel(p, HO, WO)
     K: tl.constexpr = KH * KW
     ok_p = p_ok[:, None]
     g_base = (n * sgn + ho * sgh + wo * sgw)[:, None]
@@ -324,10 +325,7 @@ def _deform_conv2d_bwd_weight_kernel(
     for p0 in range(p_lo, p_hi, BLOCK_M):
         p = p0 + tl.arange(0, BLOCK_M)
         p_ok = p < p_hi
-        wo = p % WO
-        t = p // WO
-        ho = t % HO
-        n = t // HO
+        n, ho, wo = _pixel(p, HO, WO)
         ok_p = p_ok[:, None]
         ok = ok_p & c_ok[None, :]
         off_base = (n * son + ho * soh + wo * sow)[:, None]

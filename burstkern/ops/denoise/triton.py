@@ -153,15 +153,21 @@ def _denoise_combine_fwd_kernel(x_ptr, f_ptr, sig_ptr, D_ptr, d_ptr, total, M, s
 
 
 @triton.jit
+def _sample_block(M, nblk, BLOCK: tl.constexpr):
+    """(sample n, flat offsets, mask) of a program of the (sample, block) grid: a block never spans two samples, so
+    its partial sums belong to one."""
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // nblk
+    o_in = (pid % nblk) * BLOCK + tl.arange(0, BLOCK)
+    return n, n * M + o_in, o_in < M
+
+
+@triton.jit
 def _denoise_combine_bwd_kernel(gD_ptr, gd_ptr, x_ptr, f_ptr, sig_ptr, gx_ptr, gf_ptr, part_ptr, M, nblk,
                                 s_stride, sd, smin, IS_CM: tl.constexpr, HAS_GD: tl.constexpr,
                                 NEED_SIGMA: tl.constexpr, BLOCK: tl.constexpr):
     # (sample, block) grid so one program's σ-gradient partial belongs to one sample
-    pid = tl.program_id(0).to(tl.int64)
-    n = pid // nblk
-    o_in = (pid % nblk) * BLOCK + tl.arange(0, BLOCK)
-    mask = o_in < M
-    offs = n * M + o_in
+    n, offs, mask = _sample_block(M, nblk, BLOCK)
     sig = tl.load(sig_ptr + n * s_stride).to(tl.float32)
     c_skip, c_out, _ = _coeffs(sig, sd, smin, IS_CM)
     gD = tl.load(gD_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -183,7 +189,7 @@ def _denoise_combine_bwd_kernel(gD_ptr, gd_ptr, x_ptr, f_ptr, sig_ptr, gx_ptr, g
         if HAS_GD:
             D = c_skip * x + c_out * f
             t += gd * (-dD / sig - (x - D) / (sig * sig))
-        tl.store(part_ptr + pid, tl.sum(tl.where(mask, t, 0.0), axis=0))
+        tl.store(part_ptr + tl.program_id(0), tl.sum(tl.where(mask, t, 0.0), axis=0))
 
 
 @triton.jit
@@ -286,18 +292,14 @@ def _cm_update_bwd_kernel(g_ptr, x_ptr, f_ptr, sig_ptr, gx_ptr, gf_ptr, total, M
 
 @triton.jit
 def _edm_loss_fwd_kernel(x_ptr, f_ptr, y_ptr, sig_ptr, part_ptr, M, nblk, s_stride, sd, BLOCK: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    n = pid // nblk
-    o_in = (pid % nblk) * BLOCK + tl.arange(0, BLOCK)
-    mask = o_in < M
-    offs = n * M + o_in
+    n, offs, mask = _sample_block(M, nblk, BLOCK)
     sig = tl.load(sig_ptr + n * s_stride).to(tl.float32)
     c_skip, c_out, _ = _coeffs(sig, sd, 0.0, False)
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     f = tl.load(f_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     y = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     r = c_skip * x + c_out * f - y
-    tl.store(part_ptr + pid, tl.sum(tl.where(mask, r * r, 0.0), axis=0))
+    tl.store(part_ptr + tl.program_id(0), tl.sum(tl.where(mask, r * r, 0.0), axis=0))
 
 
 @triton.jit
