@@ -67,12 +67,25 @@ def _group_norm(x: Tensor, gamma: Tensor, num_groups: int, weight: Optional[Tens
     return _group_norm_eager(x, gamma, num_groups, weight, bias, eps, act)
 
 
-def _check_x(module: str, x: Tensor, channels: int) -> None:
-    if not isinstance(x, Tensor):
-        raise ArgumentTypeError(f"{module}: x must be a tensor [N, {channels}, H, W], got {type(x).__name__}")
-    if x.dim() != 4 or x.shape[1] != channels:
-        raise ArgumentError(f"{module}: x must be a 4-D tensor [N, {channels}, H, W] (the module's channels), got "
-                            f"shape {tuple(x.shape)}, dtype {x.dtype}, device {x.device}")
+def _check_input(module: nn.Module, name: str, t, ranks: Tuple[int, ...], channels: int, layout: str) -> None:
+    """A module's input: a floating tensor of one of ``ranks`` with ``channels`` in dim 1 (what the module was
+    built for), said in the module's own terms rather than by the op it feeds."""
+    kind = type(module).__name__
+    if not isinstance(t, Tensor):
+        raise ArgumentTypeError(f"{kind}: {name} must be a tensor {layout}, got {type(t).__name__}")
+    got = f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+    device = next(module.parameters()).device
+    if t.device != device:
+        raise ArgumentError(f"{kind}: {name} is on {t.device} but the module's parameters are on {device} ({got})")
+    if t.dim() not in ranks or t.shape[1] != channels:
+        raise ArgumentError(f"{kind}: {name} must be a {'-D or '.join(map(str, ranks))}-D tensor {layout} (the "
+                            f"module's channels), got {got}")
+    if not t.is_floating_point():
+        raise ArgumentTypeError(f"{kind}: {name} must be a floating-point tensor, got {got}")
+
+
+def _check_x(module: nn.Module, x: Tensor, channels: int) -> None:
+    _check_input(module, "x", x, (4,), channels, f"[N, {channels}, H, W]")
 
 
 class SFT(nn.Module):
@@ -119,6 +132,9 @@ class SFT(nn.Module):
             if cond is not None:
                 raise ArgumentTypeError("SFT.forward takes (x, cond) or one (x, cond) pair")
             feat, c = x[0], x[1]
+        if not torch.jit.is_scripting():
+            _check_x(self, feat, self.channels)
+            _check_input(self, "cond", c, (4,), self.cond_channels, f"[N, {self.cond_channels}, H, W]")
         scale = self.SFT_scale_conv1(F.leaky_relu(self.SFT_scale_conv0(c), 0.1))
         shift = self.SFT_shift_conv1(F.leaky_relu(self.SFT_shift_conv0(c), 0.1))
         return _modulate(feat, _to(scale, feat.dtype), _to(shift, feat.dtype), self.act, self._act_code, self._slope)
@@ -173,10 +189,8 @@ class SPADEGroupNorm(nn.Module):
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         if not torch.jit.is_scripting():
-            _check_x("SPADEGroupNorm", x, self.channels)
-            if not isinstance(cond, Tensor) or cond.dim() != 4:
-                raise ArgumentError(f"SPADEGroupNorm: cond must be a 4-D tensor [N, {self.cond_channels}, h, w], got "
-                                    f"{tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__}")
+            _check_x(self, x, self.channels)
+            _check_input(self, "cond", cond, (4,), self.cond_channels, f"[N, {self.cond_channels}, h, w]")
         norm = self.param_free_norm
         return _group_norm(x, _to(self.modulation(x, cond), x.dtype), norm.num_groups, _as(norm.weight, x.dtype),
                            _as(norm.bias, x.dtype), norm.eps, self.act, self._act_code, self._slope)
@@ -223,6 +237,10 @@ class ScaleShiftGroupNorm(nn.Module):
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * channels))
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        if not torch.jit.is_scripting():
+            _check_input(self, "x", x, (3, 4), self.channels, f"[N, {self.channels}, H, W]")
+            _check_input(self, "emb", emb, (2,), self.emb_layers[1].in_features,
+                         f"[N, {self.emb_layers[1].in_features}]")
         scale_shift = self.emb_layers(emb).unsqueeze(-1)  # unsqueeze, not [..., None]: shapes stay known in ONNX
         if x.dim() == 4:
             scale_shift = scale_shift.unsqueeze(-1)
