@@ -127,7 +127,7 @@ def _dpir(args, model=None):
     from burstkern.models.dpir import DPIR
 
     model = model if model is not None else _load_ebsrd(args)
-    dpir = DPIR.from_ebsrd(model)
+    dpir = DPIR.from_ebsrd(model, sigma_tau=args.dpir_sigma_tau)
     dpir.denoiser.load_state_dict(torch.load(_p(args, "dpir_denoiser.pt"), weights_only=True))
     return dpir
 
@@ -136,8 +136,7 @@ def cmd_fusion(args):
     from burstkern.methods import train_dpir_fusion
 
     dpir = _dpir(args)
-    prepared = torch.load(_p(args, "prepared.pt"), weights_only=True)
-    batches = [{"burst": p["burst"], "gt": (p["y"] + 1) / 2} for p in prepared]
+    batches = list(_train_batches(args))   # the same batches as `prepare` caches (same seed and order)
     t0 = time.time()
     hist = train_dpir_fusion(dpir, batches, args.steps, lr=args.lr or 1e-3, seed=args.seed, progress=False)
     wall = time.time() - t0
@@ -178,6 +177,12 @@ def _methods(args, model):
                                  (lambda k: lambda b, g: (dpir.sample(b, nfe=k, generator=g) + 1) / 2)(nfe), nf)
         out["dpir4-noise"] = ("DP-IR (4 NFE, from noise)",
                               lambda b, g: (dpir.sample(b, nfe=4, start="noise", generator=g) + 1) / 2, nf)
+        for tau in (float(t) for t in args.dpir_taus.split(",")) if args.dpir_taus else ():
+            for nfe in (1, 4):
+                out[f"dpir{nfe}@{tau:g}"] = (
+                    f"DP-IR ({nfe} NFE, sigma_tau {tau:g})",
+                    (lambda k, t: lambda b, g: (dpir.sample(b, nfe=k, sigma_tau=t, generator=g) + 1) / 2)(nfe, tau),
+                    nf)
         out["dpir-ir"] = ("DP-IR IR network alone (x_init)", lambda b, g: (dpir.ir(b).clamp(-1, 1) + 1) / 2, 0)
     return out
 
@@ -281,6 +286,9 @@ def build_parser():
     p.add_argument("--chunk", type=int, default=8)
     p.add_argument("--figure", default=None, help="PNG of the same crop from each method")
     p.add_argument("--figure-index", type=int, default=0)
+    p.add_argument("--dpir-sigma-tau", type=float, default=None,
+                   help="DP-IR closed-form start level (default: the E-BSRD config's sigma_tau)")
+    p.add_argument("--dpir-taus", default=None, help="eval: extra DP-IR rows at these start levels (validation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     return p

@@ -15,7 +15,8 @@ Three modules, as in the paper, with E-BSRD's parts and EDM's notation (images i
       F_fused = F_den + m ⊙ (F_IR − F_den) + r,   F_IR = (x_IR − c_skip·x_σ) / c_out,
 
   so ``D_fused = c_skip·x_σ + c_out·F_fused = D_den + m ⊙ (x_IR − D_den) + c_out·r`` = E[x0 | y, x_σ]:
-  between the prior's and the IR network's estimate. ``r`` starts at 0 and ``m`` at ½.
+  between the prior's and the IR network's estimate. ``r`` starts at 0 and ``m`` at ``σ²/(σ² + s²)``, the weight
+  of x_IR when x_σ and x_IR are independent Gaussian estimates of x0 with variances σ² and s² (s learnt).
 
 Accelerated sampling (:func:`dpir_sample`): the closed-form cumulative transition from the IR estimate,
 ``x_τ = x_IR + σ_τ·ε`` (EDM's ``q(x_τ | x0)`` with x0 := x_IR), then ``nfe`` Euler steps of the probability-flow
@@ -35,6 +36,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Optional, Tuple
@@ -111,10 +113,11 @@ class FusionNet(nn.Module):
     """E[x0 | y, x_σ] from ``(c_in·x_σ, D_den, x_IR)`` and σ: returns mix logits and residual ``[N, 6, H, W]``.
 
     conv3x3(9 → C), then ``blocks`` × [``sft_group_norm`` with per-channel γ|β(σ), SiLU fused → conv3x3],
-    then a zero-initialised conv3x3(C → 6) (3 mix logits, 3 residual channels).
+    then a zero-initialised conv3x3(C → 6) (3 mix-logit corrections, 3 residual channels); ``log_ir_std``: the
+    learnt log std of the IR estimate's error, which sets the starting mix ``σ²/(σ² + s²)``.
     """
 
-    def __init__(self, ch: int = 16, blocks: int = 2, num_groups: int = 4, emb_dim: int = 32):
+    def __init__(self, ch: int = 16, blocks: int = 2, num_groups: int = 4, emb_dim: int = 32, ir_std: float = 0.03):
         super().__init__()
         self.emb_dim = emb_dim
         self.time = nn.Sequential(nn.Linear(emb_dim, emb_dim), nn.SiLU())
@@ -123,6 +126,7 @@ class FusionNet(nn.Module):
         self.mods = nn.ModuleList(nn.Linear(emb_dim, 2 * ch) for _ in range(blocks))
         self.convs = nn.ModuleList(nn.Conv2d(ch, ch, 3, padding=1) for _ in range(blocks))
         self.conv_out = nn.Conv2d(ch, 6, 3, padding=1)
+        self.log_ir_std = nn.Parameter(torch.tensor(math.log(ir_std)))   # s of the IR estimate's error
         for m in (self.conv_out, *self.mods):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
@@ -196,7 +200,10 @@ class DPIR(nn.Module):
             f_den = self.denoiser(x_in, c_noise)
             d_den = ops.denoise_combine(x, f_den, sigma, sd)
         out = self.fusion(x_in, d_den, x_ir, c_noise)
-        mix, res = torch.sigmoid(out[:, :3]), out[:, 3:]
+        # the mix starts at the Bayes weight of two independent Gaussian estimates, x_σ (variance σ²) and x_IR
+        # (variance s², s learnt): m0 = σ²/(σ² + s²); the network learns a correction of its logit
+        log_m0 = 2 * torch.log(e(sigma)) - 2 * self.fusion.log_ir_std
+        mix, res = torch.sigmoid(out[:, :3] + log_m0), out[:, 3:]
         f_ir = (x_ir - e(c_skip) * x) / e(c_out)
         return f_den + mix * (f_ir - f_den) + res
 
