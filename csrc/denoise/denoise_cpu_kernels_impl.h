@@ -15,6 +15,7 @@ namespace denoise {
 namespace cpu {
 namespace detail {
 namespace BK_ISA {
+namespace {  // internal linkage: no symbol of this ISA's code is visible to other TUs
 
 #include "sft/sft_cpu_kernels_math.h"
 
@@ -116,7 +117,7 @@ static void normals(int64_t seed, const int64_t* __restrict off, int64_t m, floa
   for (int64_t i = 0; i < m; ++i) {
     const float a = u1[i] < 1.0e-7f ? 1.0e-7f : u1[i];
     const float th = 6.283185307179586f * u2[i];
-    out[i] = std::sqrt(-2.0f * log_unit(a)) * cos_pos(th);
+    out[i] = sqrtv(-2.0f * log_unit(a)) * cos_pos(th);
   }
 }
 
@@ -368,6 +369,7 @@ void run_entry(const Args& a, int64_t u0, int64_t u1) {
   }
 }
 
+}  // namespace
 }  // namespace BK_ISA
 
 const Table& BK_ISA_TABLE() {

@@ -14,6 +14,7 @@ namespace sft {
 namespace cpu {
 namespace detail {
 namespace BK_ISA {
+namespace {  // internal linkage: no symbol of this ISA's code is visible to other TUs
 
 #include "sft/sft_cpu_kernels_math.h"
 
@@ -478,6 +479,7 @@ void bwd2_entry(const Bwd2Args& a, int64_t r0, int64_t r1) {
   with_dt(a.dt, [&](auto* tp) { bwd2_rows<typename std::remove_pointer<decltype(tp)>::type>(a, r0, r1); });
 }
 
+}  // namespace
 }  // namespace BK_ISA
 
 const Table& BK_ISA_TABLE() {

@@ -65,7 +65,7 @@ template <>
 struct St<f16s> {
   static inline f16s from(float f) {
     // c10::detail::fp16_ieee_from_fp32_value (branch-free)
-    float base = (std::fabs(f) * 0x1.0p+112f) * 0x1.0p-110f;
+    float base = (__builtin_fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
     const uint32_t w = f2u(f);
     const uint32_t shl1_w = w + w;
     const uint32_t sign = w & 0x80000000u;
@@ -89,6 +89,13 @@ template <>
 struct CT<double> {
   using type = double;
 };
+
+// builtins only (no std:: inline functions: an out-of-line copy compiled for another ISA could be the one the
+// linker keeps)
+static inline float absv(float v) { return __builtin_fabsf(v); }
+static inline double absv(double v) { return __builtin_fabs(v); }
+static inline float sqrtv(float v) { return __builtin_sqrtf(v); }
+static inline double sqrtv(double v) { return __builtin_sqrt(v); }
 
 static inline float mn(float a, float b) { return a < b ? a : b; }
 static inline float mx(float a, float b) { return a > b ? a : b; }
@@ -114,12 +121,12 @@ static inline float exp_neg(float t) {
   const int32_t n = static_cast<int32_t>(fx);
   return p * u2f(static_cast<uint32_t>(n + 127) << 23);
 }
-static inline double exp_neg(double t) { return std::exp(t); }
+static inline double exp_neg(double t) { return __builtin_exp(t); }
 
 // σ(u) through e^-|u| (never overflows); silu(u) = u·σ(u); silu'(u) = σ(1 + u(1 − σ)).
 template <class A>
 static inline A sigmoid(A u) {
-  const A e = exp_neg(-std::fabs(u));
+  const A e = exp_neg(-absv(u));
   const A r = A(1) / (A(1) + e);
   return u >= A(0) ? r : e * r;
 }
