@@ -8,15 +8,14 @@
 #include "deform_conv/deform_conv_cpu_kernels.h"
 #ifdef BURSTKERN_TESTING
 #include "deform_conv/deform_conv_kernels.cuh"  // under the C++ compiler: the SIMT emulation (testing/simt_emu.h)
+namespace burstkern::deform_conv {
+using EmuExec = KernelLaunch<simt::EmuLaunch>;  // the kernels BURSTKERN_CPU_IMPL runs while the emulation is on
+}
 #endif
 
 namespace burstkern {
 namespace deform_conv {
 namespace {
-
-#ifdef BURSTKERN_TESTING
-using EmuExec = KernelLaunch<simt::EmuLaunch>;
-#endif
 
 struct CpuExec {
   static constexpr auto deform_conv2d = BURSTKERN_CPU_IMPL(check_forward, cpu::deform_conv2d, forward);

@@ -8,15 +8,14 @@
 #include "denoise/denoise_cpu_kernels.h"
 #ifdef BURSTKERN_TESTING
 #include "denoise/denoise_kernels.cuh"  // under the C++ compiler: the SIMT emulation (testing/simt_emu.h)
+namespace burstkern::denoise {
+using EmuExec = KernelLaunch<simt::EmuLaunch>;  // the kernels BURSTKERN_CPU_IMPL runs while the emulation is on
+}
 #endif
 
 namespace burstkern {
 namespace denoise {
 namespace {
-
-#ifdef BURSTKERN_TESTING
-using EmuExec = KernelLaunch<simt::EmuLaunch>;
-#endif
 
 struct CpuExec {
   static constexpr auto denoise_scalings = BURSTKERN_CPU_IMPL(check_scalings, cpu::denoise_scalings, scalings);

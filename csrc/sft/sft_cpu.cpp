@@ -8,15 +8,14 @@
 #include "sft/sft_cpu_kernels.h"
 #ifdef BURSTKERN_TESTING
 #include "sft/sft_kernels.cuh"  // under the C++ compiler: the SIMT emulation (testing/simt_emu.h)
+namespace burstkern::sft {
+using EmuExec = KernelLaunch<simt::EmuLaunch>;  // the kernels BURSTKERN_CPU_IMPL runs while the emulation is on
+}
 #endif
 
 namespace burstkern {
 namespace sft {
 namespace {
-
-#ifdef BURSTKERN_TESTING
-using EmuExec = KernelLaunch<simt::EmuLaunch>;
-#endif
 
 struct CpuExec {
   static constexpr auto sft_modulate = BURSTKERN_CPU_IMPL(check_modulate, cpu::sft_modulate, modulate);
