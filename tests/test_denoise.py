@@ -638,3 +638,22 @@ def test_sigma_gradient_is_accurate_in_fp32_for_large_sigma(mode, backend):
     for i in range(2):
         rel = abs(grads[torch.float32][i].item() - grads[torch.float64][i].item()) / abs(grads[torch.float64][i].item())
         assert rel < 2e-5, f"σ = {sig[i].item()}: relative error {rel:.2e}"
+
+
+def test_sigma_guard(monkeypatch):
+    """Python-float σ are range-checked; σ tensors only under BURSTKERN_CHECK_SIGMA=1 (a host sync per call)."""
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(burstkern.ArgumentError, match="sigma must be finite and > 0.0, got \\[0.0\\]"):
+        ops.denoise_combine(x, x, 0.0)
+    with pytest.raises(burstkern.ArgumentError, match="sigma must be finite"):
+        ops.edm_loss(x, x, x, float("nan"))
+    ops.add_noise(x, 0.0)  # σ = 0 is a valid noise level (no noise)
+    bad = torch.tensor([0.5, float("inf")])
+    with burstkern.backend("reference"):
+        assert not torch.isfinite(ops.denoise_combine(x, x, bad, return_d=True)[1][1]).all()  # propagates
+    monkeypatch.setattr(dn_op, "CHECK_SIGMA", True)
+    with pytest.raises(burstkern.ArgumentError, match=r"sigma must be finite and > 0.0, got \[inf\]"):
+        ops.denoise_combine(x, x, bad)
+    with pytest.raises(burstkern.ArgumentError, match="sigma_next must be finite and >= 0.0"):
+        ops.edm_euler_update(x, x, torch.tensor(1.0), torch.tensor(-1.0))
+    ops.edm_heun_update(x, x, x, x, torch.tensor(1.0), torch.tensor(0.0))  # the last Heun step: σ_next = 0

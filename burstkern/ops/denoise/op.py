@@ -25,6 +25,7 @@ every op is a pure function, which keeps ``opcheck`` and CUDA-graph replay sound
 from __future__ import annotations
 
 import math
+import os
 import numbers
 from typing import Optional, Tuple
 
@@ -319,9 +320,19 @@ def _check_like(name: str, t, ref_name: str, ref: Tensor) -> Tensor:
     return t
 
 
-def _check_sigma(name: str, sigma, x: Tensor) -> Tensor:
-    """A tensor ``[]`` or ``[N]`` on x's device; a Python number becomes a 0-d tensor in x's compute dtype."""
+# σ tensors stay on the device and are not range-checked by default (a check is a host sync in every sampler step):
+# σ ≤ 0 or non-finite gives what the formulas give (inf / NaN, which propagates; the Heun step's σ_next = 0 is
+# valid). BURSTKERN_CHECK_SIGMA=1 checks every σ tensor (syncs) and raises a clear error instead; Python-float σ are
+# always checked.
+CHECK_SIGMA = os.environ.get("BURSTKERN_CHECK_SIGMA", "0") == "1"
+
+
+def _check_sigma(name: str, sigma, x: Tensor, minimum: float = 0.0, inclusive: bool = False) -> Tensor:
+    """A tensor ``[]`` or ``[N]`` on x's device; a Python number becomes a 0-d tensor in x's compute dtype. σ must
+    be finite and > ``minimum`` (>= with ``inclusive``): always for a Python number, for a tensor under
+    BURSTKERN_CHECK_SIGMA=1."""
     if isinstance(sigma, numbers.Real) and not isinstance(sigma, bool):
+        _check_range(name, torch.tensor(float(sigma), dtype=torch.float64), minimum, inclusive)
         return torch.tensor(float(sigma), dtype=C.compute_dtype(x.dtype), device=x.device)
     if not isinstance(sigma, Tensor):
         raise C.ArgumentTypeError(f"{name} must be a tensor of shape [] or [N] (or a Python float), got "
@@ -334,7 +345,16 @@ def _check_sigma(name: str, sigma, x: Tensor) -> Tensor:
     if not (sigma.dim() == 0 or (sigma.dim() == 1 and sigma.shape[0] == x.shape[0])):
         raise C.ArgumentError(f"{name} must have shape [] or [N] = [{x.shape[0]}] (one σ per sample of x "
                          f"{tuple(x.shape)}), got {C.describe(sigma)}")
+    if CHECK_SIGMA and sigma.device.type != "meta":
+        _check_range(name, sigma, minimum, inclusive)
     return sigma
+
+
+def _check_range(name: str, sigma: Tensor, minimum: float, inclusive: bool) -> None:
+    ok = torch.isfinite(sigma) & ((sigma >= minimum) if inclusive else (sigma > minimum))
+    if not bool(ok.all()):
+        bad = sigma[~ok].flatten()[:4].tolist()
+        raise C.ArgumentError(f"{name} must be finite and {'>=' if inclusive else '>'} {minimum}, got {bad}")
 
 
 def _check_float(name: str, v, *, positive: bool = False, nonneg: bool = False) -> float:
@@ -481,7 +501,7 @@ def edm_euler_update(x: Tensor, F: Tensor, sigma, sigma_next, sigma_data: float 
     _check_x("x", x)
     _check_like("F", F, "x", x)
     sigma = _check_sigma("sigma", sigma, x)
-    sigma_next = _check_sigma("sigma_next", sigma_next, x)
+    sigma_next = _check_sigma("sigma_next", sigma_next, x, inclusive=True)
     return EULER(x, F, sigma, sigma_next, _check_float("sigma_data", sigma_data, positive=True))
 
 
@@ -510,7 +530,7 @@ def edm_heun_update(x_hat: Tensor, d: Tensor, x_next: Tensor, F_next: Tensor, si
     _check_like("x_next", x_next, "x_hat", x_hat)
     _check_like("F_next", F_next, "x_hat", x_hat)
     sigma_hat = _check_sigma("sigma_hat", sigma_hat, x_hat)
-    sigma_next = _check_sigma("sigma_next", sigma_next, x_hat)
+    sigma_next = _check_sigma("sigma_next", sigma_next, x_hat, inclusive=True)
     return HEUN(x_hat, d, x_next, F_next, sigma_hat, sigma_next,
                             _check_float("sigma_data", sigma_data, positive=True))
 
@@ -536,9 +556,9 @@ def add_noise(x: Tensor, sigma, sigma_base=None, s_noise: float = 1.0, noise: Op
     """
     x, noise = ADD_NOISE.cast(x, noise)
     _check_x("x", x)
-    sigma = _check_sigma("sigma", sigma, x)
+    sigma = _check_sigma("sigma", sigma, x, inclusive=True)
     if sigma_base is not None:
-        sigma_base = _check_sigma("sigma_base", sigma_base, x)
+        sigma_base = _check_sigma("sigma_base", sigma_base, x, inclusive=True)
     s_noise = _check_float("s_noise", s_noise)
     noise, seed = _noise_source(x, noise, generator)
     return ADD_NOISE(x, sigma, sigma_base, s_noise, noise, seed)
