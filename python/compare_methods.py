@@ -65,7 +65,13 @@ def _load_ebsrd(args):
 
     if args.checkpoint in (None, "", "tiny"):
         return EBSRD.from_pretrained("tiny").eval()
-    return EBSRD.from_checkpoint(args.checkpoint).eval()
+    model = EBSRD.from_checkpoint(args.checkpoint).eval()
+    if args.fp16_roundtrip:  # the values an fp16-stored (shipped) copy of this checkpoint holds
+        with torch.no_grad():
+            for t in model.state_dict().values():
+                if t.is_floating_point():
+                    t.copy_(t.half().float())
+    return model
 
 
 def cmd_denoiser(args):
@@ -226,12 +232,13 @@ def cmd_eval(args):
         r["wins"] = sum(a > b_ for a, b_ in zip(r["psnr_each"], base["psnr_each"])) if base else None
     _log(args, f"table_{args.split}.json", {"split": args.split, "n": N, "names": ev["names"], "rows": rows,
                                             "argv": sys.argv, "threads": torch.get_num_threads()})
+    wins = lambda r: "" if r["wins"] is None else f"{r['wins']}/{N}"  # noqa: E731
     md = ["| method | PSNR dB | Δ baseline | SSIM | HF ratio | ms / burst | trained params | wins vs baseline |",
           "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         d = f"{r['psnr'] - base['psnr']:+.2f}" if base else ""
         md.append(f"| {r['label']} | {r['psnr']:.2f} | {d} | {r['ssim']:.4f} | {r['hf_ratio']:.3f} | {r['ms']:.1f} | "
-                  f"{r['params']:,} | {r['wins']}/{N} |")
+                  f"{r['params']:,} | {wins(r)} |")
     with open(_p(args, f"table_{args.split}.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
@@ -239,7 +246,7 @@ def cmd_eval(args):
         _figure(args.figure, crops, ev["names"][fig_i], {r["label"]: r["psnr_each"][fig_i] for r in rows})
 
 
-def _figure(path, crops, name, psnrs, box=(8, 8, 48, 48)):
+def _figure(path, crops, name, psnrs, box=(40, 40, 48, 48)):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,6 +275,8 @@ def build_parser():
     p.add_argument("cmd", choices=("denoiser", "prepare", "student", "fusion", "eval"))
     p.add_argument("--dir", default="compare_runs", help="folder for checkpoints, caches, logs, tables")
     p.add_argument("--checkpoint", default="tiny", help="E-BSRD checkpoint (default: the shipped tiny weights)")
+    p.add_argument("--fp16-roundtrip", action="store_true",
+                   help="round the checkpoint's weights through fp16 (= the shipped fp16 copy of the same run)")
     p.add_argument("--variant", default="tad", choices=tuple(VARIANTS))
     p.add_argument("--steps", type=int, default=100, help="training steps of the stage")
     p.add_argument("--lr", type=float, default=None)
