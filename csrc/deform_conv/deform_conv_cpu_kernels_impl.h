@@ -166,12 +166,13 @@ struct Sten {
 template <typename A>
 struct StenStore {
   std::vector<int64_t> idx;
-  std::vector<A> v;
+  std::vector<A> v, scratch;
   int64_t n = 0;
-  void reset(int64_t count) {
+  void reset(int64_t count, int64_t pb) {
     n = count;
     idx.assign(static_cast<size_t>(count), 0);
     v.assign(static_cast<size_t>(count * 9), A(0));
+    scratch.assign(static_cast<size_t>(3 * pb), A(0));
   }
   Sten<A> at(int64_t k, int64_t pb) {
     const int64_t o = k * pb;
@@ -192,57 +193,125 @@ inline Src<T> src_of(const at::Tensor& t) {
   return {t.const_data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
-// Stencil of pixels [p0, p0 + pb) for offset group o, tap `tap`.
+// Stencil of pixels [p0, p0 + pb) for offset group o, tap `tap`: the sample points are gathered into contiguous
+// scratch (py, px, mask: 3 * pb values), then one branch-free loop over them (vectorised) makes the stencil.
 template <typename T, typename A, bool BWD>
 void stencil(const Geo& g, const Src<T>& off, const Src<T>* msk, int64_t n, int64_t o, int64_t tap, int64_t p0,
-             int64_t pb, const Sten<A>& s) {
+             int64_t pb, const Sten<A>& s, A* scratch) {
   const int64_t i = tap / g.kw, j = tap % g.kw;
   const T* offy = off.p + n * off.sn + 2 * (o * g.K + tap) * off.sc;
   const T* offx = offy + off.sc;
   const T* mk = msk ? msk->p + n * msk->sn + (o * g.K + tap) * msk->sc : nullptr;
+  A* __restrict pyb = scratch;
+  A* __restrict pxb = scratch + pb;
+  A* __restrict mb = scratch + 2 * pb;
+  {
+    int64_t q = 0, ho = p0 / g.Wo, wo0 = p0 % g.Wo;
+    while (q < pb) {
+      const int64_t seg = std::min(pb - q, g.Wo - wo0);
+      const A by = static_cast<A>(ho * g.sh - g.ph + i * g.dh);
+      const T* oy = offy + ho * off.sh + wo0 * off.sw;
+      const T* ox = offx + ho * off.sh + wo0 * off.sw;
+      const int64_t bx0 = wo0 * g.sw - g.pw + j * g.dw;
+      if (off.sw == 1) {
+        for (int64_t t = 0; t < seg; ++t) {
+          pyb[q + t] = by + static_cast<A>(oy[t]);
+          pxb[q + t] = static_cast<A>(bx0 + t * g.sw) + static_cast<A>(ox[t]);
+        }
+      } else {
+        for (int64_t t = 0; t < seg; ++t) {
+          pyb[q + t] = by + static_cast<A>(oy[t * off.sw]);
+          pxb[q + t] = static_cast<A>(bx0 + t * g.sw) + static_cast<A>(ox[t * off.sw]);
+        }
+      }
+      if (mk) {
+        const T* mr = mk + ho * msk->sh + wo0 * msk->sw;
+        for (int64_t t = 0; t < seg; ++t) mb[q + t] = static_cast<A>(mr[t * msk->sw]);
+      } else {
+        for (int64_t t = 0; t < seg; ++t) mb[q + t] = A(1);
+      }
+      q += seg;
+      wo0 = 0;
+      ++ho;
+    }
+  }
   const A Hf = static_cast<A>(g.H), Wf = static_cast<A>(g.W);
   const A nan = std::numeric_limits<A>::quiet_NaN();
   const int64_t zero_idx = (g.H + 1) * g.Wp * g.Cin;
   const int64_t C = g.Cin, WpC = g.Wp * g.Cin;
-  int64_t q = 0;
-  int64_t ho = p0 / g.Wo, wo0 = p0 % g.Wo;
-  while (q < pb) {
-    const int64_t seg = std::min(pb - q, g.Wo - wo0);
-    const A by = static_cast<A>(ho * g.sh - g.ph + i * g.dh);
-    const T* oy = offy + ho * off.sh;
-    const T* ox = offx + ho * off.sh;
-    const T* mr = mk ? mk + ho * msk->sh : nullptr;
-    for (int64_t t = 0; t < seg; ++t) {
-      const int64_t wo = wo0 + t;
-      const A bx = static_cast<A>(wo * g.sw - g.pw + j * g.dw);
-      const A py = by + static_cast<A>(oy[wo * off.sw]);
-      const A px = bx + static_cast<A>(ox[wo * off.sw]);
-      const A mv = mr ? static_cast<A>(mr[wo * msk->sw]) : A(1);
+  int64_t* __restrict idx = s.idx;
+  A* __restrict w00 = s.w00;
+  A* __restrict w01 = s.w01;
+  A* __restrict w10 = s.w10;
+  A* __restrict w11 = s.w11;
+  A* __restrict mm = s.m;
+  for (int64_t k = 0; k < pb; ++k) {
+    const A py = pyb[k], px = pxb[k];
+    const bool real = (py >= A(-1)) & (py < Hf) & (px >= A(-1)) & (px < Wf);
+    const A pyc = real ? py : A(0), pxc = real ? px : A(0);
+    const A y0 = std::floor(pyc), x0 = std::floor(pxc);
+    const A ly = pyc - y0, lx = pxc - x0;
+    const A hy = A(1) - ly, hx = A(1) - lx;
+    const bool zero = (py <= A(-1)) | (py >= Hf) | (px <= A(-1)) | (px >= Wf);
+    const A fill = zero ? A(0) : nan;
+    const int64_t e = (static_cast<int64_t>(static_cast<int32_t>(y0)) + 1) * WpC +
+                      (static_cast<int64_t>(static_cast<int32_t>(x0)) + 1) * C;
+    idx[k] = real ? e : zero_idx;
+    w00[k] = real ? hy * hx : fill;
+    w01[k] = real ? hy * lx : fill;
+    w10[k] = real ? ly * hx : fill;
+    w11[k] = real ? ly * lx : fill;
+    mm[k] = mb[k];
+  }
+  if constexpr (BWD) {
+    A* __restrict hxo = s.hx;
+    A* __restrict lxo = s.lx;
+    A* __restrict hyo = s.hy;
+    A* __restrict lyo = s.ly;
+    for (int64_t k = 0; k < pb; ++k) {
+      const A py = pyb[k], px = pxb[k];
       const bool real = (py >= A(-1)) & (py < Hf) & (px >= A(-1)) & (px < Wf);
       const A pyc = real ? py : A(0), pxc = real ? px : A(0);
-      const A y0 = std::floor(pyc), x0 = std::floor(pxc);
-      const A ly = pyc - y0, lx = pxc - x0;
-      const A hy = A(1) - ly, hx = A(1) - lx;
-      const bool zero = (py <= A(-1)) | (py >= Hf) | (px <= A(-1)) | (px >= Wf);
-      const A fill = zero ? A(0) : nan;
-      const int64_t k = q + t;
-      s.idx[k] = real ? (static_cast<int64_t>(y0) + 1) * WpC + (static_cast<int64_t>(x0) + 1) * C : zero_idx;
-      s.w00[k] = real ? hy * hx : fill;
-      s.w01[k] = real ? hy * lx : fill;
-      s.w10[k] = real ? ly * hx : fill;
-      s.w11[k] = real ? ly * lx : fill;
-      s.m[k] = mv;
-      if constexpr (BWD) {
-        const A fx = std::isfinite(px) ? A(0) : nan, fy = std::isfinite(py) ? A(0) : nan;
-        s.hx[k] = real ? hx : fx;
-        s.lx[k] = real ? lx : fx;
-        s.hy[k] = real ? hy : fy;
-        s.ly[k] = real ? ly : fy;
-      }
+      const A ly = pyc - std::floor(pyc), lx = pxc - std::floor(pxc);
+      // outside: 0, or NaN where the coordinate is not finite (x - x is NaN exactly for +-inf / NaN)
+      const A fx = (px - px) == A(0) ? A(0) : nan, fy = (py - py) == A(0) ? A(0) : nan;
+      hxo[k] = real ? A(1) - lx : fx;
+      lxo[k] = real ? lx : fx;
+      hyo[k] = real ? A(1) - ly : fy;
+      lyo[k] = real ? ly : fy;
     }
-    q += seg;
-    wo0 = 0;
-    ++ho;
+  }
+}
+
+// L channels of one sample point: dst = a*x0 + b*x0[+C] + c*x1 + d*x1[+C] (x1: the next row). Restrict-qualified
+// parameters tell the vectoriser that the column, the input and the accumulators never alias.
+template <typename A, int L>
+inline void lerp_chunk(A* __restrict dst, const A* __restrict x0, const A* __restrict x1, int64_t C, A a, A b, A c,
+                       A d) {
+  for (int l = 0; l < L; ++l) dst[l] = fma_(d, x1[l + C], fma_(c, x1[l], fma_(b, x0[l + C], a * x0[l])));
+}
+
+template <typename A>
+inline void lerp_tail(A* __restrict dst, const A* __restrict x0, const A* __restrict x1, int64_t C, A a, A b, A c,
+                      A d, int64_t len) {
+  for (int64_t l = 0; l < len; ++l) dst[l] = fma_(d, x1[l + C], fma_(c, x1[l], fma_(b, x0[l + C], a * x0[l])));
+}
+
+// Backward of L channels: t.. += gcol * corner value (per lane), grad input corners += weight * gcol.
+template <typename A, int L>
+inline void back_chunk(const A* __restrict gc, const A* __restrict x0, const A* __restrict x1, A* __restrict g0,
+                       A* __restrict g1, int64_t C, A a, A b, A c, A d, A* __restrict t00, A* __restrict t01,
+                       A* __restrict t10, A* __restrict t11) {
+  for (int l = 0; l < L; ++l) {
+    const A v = gc[l];
+    t00[l] = fma_(v, x0[l], t00[l]);
+    t01[l] = fma_(v, x0[l + C], t01[l]);
+    t10[l] = fma_(v, x1[l], t10[l]);
+    t11[l] = fma_(v, x1[l + C], t11[l]);
+    g0[l] = fma_(a, v, g0[l]);
+    g0[l + C] = fma_(b, v, g0[l + C]);
+    g1[l] = fma_(c, v, g1[l]);
+    g1[l + C] = fma_(d, v, g1[l + C]);
   }
 }
 
@@ -262,9 +331,17 @@ void sample(const Geo& g, const A* xp, const Sten<A>& s, const Run* runs, int64_
       const A* x0 = src0 + s.idx[q];
       const A* x1 = x0 + WpC;
       A* dst = dst0 + q * g.KC;
-      for (int64_t ch = 0; ch < len; ++ch) {
-        dst[ch] = fma_(d, x1[ch + C], fma_(c, x1[ch], fma_(b, x0[ch + C], a * x0[ch])));
+      int64_t ch = 0;
+      for (; ch + 16 <= len; ch += 16) lerp_chunk<A, 16>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
+      if (ch + 8 <= len) {
+        lerp_chunk<A, 8>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
+        ch += 8;
       }
+      if (ch + 4 <= len) {
+        lerp_chunk<A, 4>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
+        ch += 4;
+      }
+      if (ch < len) lerp_tail<A>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d, len - ch);
     }
   }
 }
@@ -295,29 +372,27 @@ void sample_backward(const Geo& g, const A* xp, A* ga, const Sten<A>& s, const R
       A* g0 = ga + base + run.c0;
       A* g1 = g0 + WpC;
       int64_t ch = 0;
-      for (; ch + L <= len; ch += L) {
-        for (int l = 0; l < L; ++l) {
+      for (; ch + L <= len; ch += L)
+        back_chunk<A, L>(gc + ch, x0 + ch, x1 + ch, g0 + ch, g1 + ch, C, a, b, c, d, t00, t01, t10, t11);
+      if (ch < len) {
+        A u00[L] = {}, u01[L] = {}, u10[L] = {}, u11[L] = {};
+        for (int64_t l = 0; ch + l < len; ++l) {
           const A v = gc[ch + l];
-          t00[l] = fma_(v, x0[ch + l], t00[l]);
-          t01[l] = fma_(v, x0[ch + l + C], t01[l]);
-          t10[l] = fma_(v, x1[ch + l], t10[l]);
-          t11[l] = fma_(v, x1[ch + l + C], t11[l]);
+          u00[l] = v * x0[ch + l];
+          u01[l] = v * x0[ch + l + C];
+          u10[l] = v * x1[ch + l];
+          u11[l] = v * x1[ch + l + C];
           g0[ch + l] = fma_(a, v, g0[ch + l]);
           g0[ch + l + C] = fma_(b, v, g0[ch + l + C]);
           g1[ch + l] = fma_(c, v, g1[ch + l]);
           g1[ch + l + C] = fma_(d, v, g1[ch + l + C]);
         }
-      }
-      for (int l = 0; ch < len; ++ch, ++l) {
-        const A v = gc[ch];
-        t00[l] = fma_(v, x0[ch], t00[l]);
-        t01[l] = fma_(v, x0[ch + C], t01[l]);
-        t10[l] = fma_(v, x1[ch], t10[l]);
-        t11[l] = fma_(v, x1[ch + C], t11[l]);
-        g0[ch] = fma_(a, v, g0[ch]);
-        g0[ch + C] = fma_(b, v, g0[ch + C]);
-        g1[ch] = fma_(c, v, g1[ch]);
-        g1[ch + C] = fma_(d, v, g1[ch + C]);
+        for (int l = 0; l < L; ++l) {
+          t00[l] += u00[l];
+          t01[l] += u01[l];
+          t10[l] += u10[l];
+          t11[l] += u11[l];
+        }
       }
     }
     A s00 = 0, s01 = 0, s10 = 0, s11 = 0;
@@ -423,7 +498,7 @@ void forward_impl(const Geo& g, const at::Tensor& input, const at::Tensor& offse
     A* colT = col_t.mutable_data_ptr<A>();
     A* ob = ob_t.mutable_data_ptr<A>();
     StenStore<A> st;
-    st.reset(g.Pb);
+    st.reset(g.Pb, g.Pb);
     int64_t cached = -1;
     for (int64_t u = ub; u < ue; ++u) {
       const int64_t n = u / g.S, s = u % g.S;
@@ -440,7 +515,7 @@ void forward_impl(const Geo& g, const at::Tensor& input, const at::Tensor& offse
           const int64_t nr = run_start[static_cast<size_t>(o + 1)] - run_start[static_cast<size_t>(o)];
           for (int64_t tap = 0; tap < g.K; ++tap) {
             const Sten<A> sv = st.at(0, pb);
-            stencil<T, A, false>(g, os, ms ? &*ms : nullptr, n, o, tap, p0, pb, sv);
+            stencil<T, A, false>(g, os, ms ? &*ms : nullptr, n, o, tap, p0, pb, sv, st.scratch.data());
             sample<A>(g, xp, sv, rr, nr, tap, pb, colT);
           }
         }
@@ -558,7 +633,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
         A* gcolT = gcol_t.mutable_data_ptr<A>();
         A* gob = gob_t.mutable_data_ptr<A>();
         StenStore<A> st;
-        st.reset(g.og * g.K * g.Pb);
+        st.reset(g.og * g.K * g.Pb, g.Pb);
         int64_t cached = -1;
         for (int64_t u = ub; u < ue; ++u) {
           const int64_t n = u / g.S, s = u % g.S;
@@ -598,7 +673,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
               const int64_t nr = run_start[static_cast<size_t>(o + 1)] - run_start[static_cast<size_t>(o)];
               for (int64_t tap = 0; tap < g.K; ++tap) {
                 const Sten<A> sv = st.at(o * g.K + tap, pb);
-                stencil<T, A, true>(g, os, ms ? &*ms : nullptr, n, o, tap, p0, pb, sv);
+                stencil<T, A, true>(g, os, ms ? &*ms : nullptr, n, o, tap, p0, pb, sv, st.scratch.data());
                 sample<A>(g, xp, sv, rr, nr, tap, pb, colT);
               }
             }
