@@ -455,7 +455,25 @@ def _frame(path: str, scale: float, channels: int, offset: Optional[Tensor] = No
     return (t / scale).contiguous()
 
 
-class SyntheticBurstVal(torch.utils.data.Dataset):
+class _BurstFolders(torch.utils.data.Dataset):
+    """Shared by the two formats: one folder per burst, sorted by name."""
+
+    burst_names: List[str]
+
+    def _set_names(self, names: List[str], folder: str, hint: str, what: str = "") -> None:
+        if not names:
+            raise BenchmarkDataError(f"{folder}: no burst folders{what}; {hint}")
+        self.burst_names = names
+
+    def __len__(self) -> int:
+        return len(self.burst_names)
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} bursts")
+
+
+class SyntheticBurstVal(_BurstFolders):
     """The SyntheticBurst validation set of Bhat et al. (300 bursts x 14 RAW frames, linear-RGB ground truth).
 
     Args:
@@ -478,14 +496,10 @@ class SyntheticBurstVal(torch.utils.data.Dataset):
         for sub in ("bursts", "gt"):
             _check_dir(os.path.join(self.root, sub), f"the {sub}/ folder of the SyntheticBurst validation set", hint)
         self.burst_size = _check_burst_size(burst_size, SYNTHETIC_VAL_BURST_SIZE)
-        names = sorted(n for n in os.listdir(os.path.join(self.root, "bursts"))
-                       if re.fullmatch(r"\d{4}", n) and os.path.isdir(os.path.join(self.root, "bursts", n)))
-        if not names:
-            raise BenchmarkDataError(f"{os.path.join(self.root, 'bursts')}: no burst folders (0000, 0001, ...); {hint}")
-        self.burst_names: List[str] = names
-
-    def __len__(self) -> int:
-        return len(self.burst_names)
+        bursts = os.path.join(self.root, "bursts")
+        self._set_names(sorted(n for n in os.listdir(bursts)
+                               if re.fullmatch(r"\d{4}", n) and os.path.isdir(os.path.join(bursts, n))),
+                        bursts, hint, " (0000, 0001, ...)")
 
     def paths(self, index: int) -> Dict[str, object]:
         """The files of burst ``index``: ``frames`` (list), ``gt``, ``meta``."""
@@ -496,8 +510,7 @@ class SyntheticBurstVal(torch.utils.data.Dataset):
                 "meta": os.path.join(self.root, "gt", name, "meta_info.pkl")}
 
     def __getitem__(self, index: int) -> Dict:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} bursts")
+        self._check_index(index)
         p = self.paths(index)
         frames = [_frame(f, SYNTHETIC_VAL_SCALE, 4) for f in p["frames"]]
         shapes = {tuple(f.shape) for f in frames}
@@ -567,7 +580,7 @@ def _three(v, what: str, path: str) -> Tensor:
     raise BenchmarkDataError(f"{path}: {what} has {t.numel()} values, expected 3 or 4")
 
 
-class BurstSR(torch.utils.data.Dataset):
+class BurstSR(_BurstFolders):
     """The real-world BurstSR dataset of Bhat et al.: Samsung Galaxy S8 RAW bursts, Canon DSLR ground truth.
 
     Args:
@@ -603,12 +616,7 @@ class BurstSR(torch.utils.data.Dataset):
         if seq_ids is not None:
             keep = {str(s) for s in seq_ids}
             names = [n for n in names if n[:4] in keep]
-        if not names:
-            raise BenchmarkDataError(f"{self.dir}: no burst folders{' for those seq_ids' if seq_ids else ''}; {hint}")
-        self.burst_names: List[str] = names
-
-    def __len__(self) -> int:
-        return len(self.burst_names)
+        self._set_names(names, self.dir, hint, " for those seq_ids" if seq_ids else "")
 
     def paths(self, index: int) -> Dict[str, object]:
         d = os.path.join(self.dir, self.burst_names[index])
@@ -616,8 +624,7 @@ class BurstSR(torch.utils.data.Dataset):
                 "gt": os.path.join(d, "canon")}
 
     def __getitem__(self, index: int) -> Dict:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} bursts")
+        self._check_index(index)
         p = self.paths(index)
         for d in p["frames"] + [p["gt"]]:
             if not os.path.isdir(d):
