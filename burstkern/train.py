@@ -50,7 +50,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import ops
+from . import distributed, ops
 from .models.ebsrd import CHECKPOINT_FORMAT, EBSRD, EBSRDConfig
 from .models.samplers import edm_heun_sampler
 
@@ -199,12 +199,13 @@ def _run(name: str, params: List[nn.Parameter], steps: int, loss_fn: Callable[[i
             raise FloatingPointError(f"{name}: first loss is not finite ({loss.item()})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.sync_gradients(params)  # torchrun: average over the ranks (no-op in one process)
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
         if after_step is not None:
             after_step()
-        history.append(loss.detach().float())
+        history.append(distributed.mean_across_ranks(loss.detach().float()))
         if bar is not None:
             bar.update(1)
             if step % 10 == 0 or step == steps - 1:
@@ -395,8 +396,9 @@ def train_denoiser(model: EBSRD, loader: Iterable, steps: int, *, lr: float = 2e
         g = _step_generator(seed, step, device)
         with torch.no_grad():
             cond = model.encoder(burst)
-        sigma = sample_sigmas(y.shape[0], sigma_dist, g, device, p_mean=p_mean, p_std=p_std, sigma_range=rng)
-        noise = torch.randn(y.shape, device=device, generator=g)
+        sigma = distributed.global_draw(lambda s: sample_sigmas(s[0], sigma_dist, g, device, p_mean=p_mean,
+                                                                p_std=p_std, sigma_range=rng), y.shape[:1])
+        noise = distributed.global_draw(lambda s: torch.randn(s, device=device, generator=g), y.shape)
         return denoiser_loss(model, burst, y, sigma, noise, cond=cond, amp=amp)
 
     with _modes([model.denoiser], [model.encoder, model.head, model.student]):
@@ -472,6 +474,7 @@ def distill_student(model: EBSRD, loader: Iterable, steps: int, *, lr: float = 1
     ema_net = copy.deepcopy(model.student).eval().requires_grad_(False)
     if resume and resume.get("ema_state") is not None:
         ema_net.load_state_dict(resume["ema_state"])
+    distributed.broadcast_module(ema_net)  # the EMA target starts identical on every rank
     online = [p for p in model.student.parameters()]
     shadow = [p for p in ema_net.parameters()]
 
@@ -483,11 +486,12 @@ def distill_student(model: EBSRD, loader: Iterable, steps: int, *, lr: float = 1
                 x_init, cond = model.initial(burst)
             else:
                 cond = model.encoder(burst)
-        noise = torch.randn(y.shape, device=device, generator=g)
+        noise = distributed.global_draw(lambda s: torch.randn(s, device=device, generator=g), y.shape)
         if target == "teacher":
             return teacher_distill_loss(model, x_init, cond, noise, target_steps, generator=g, sigma_tau=sigma_max,
                                         sigma_min=sigma_min, amp=amp)
-        index = torch.randint(0, num_scales - 1, (y.shape[0],), device=device, generator=g)
+        index = distributed.global_draw(lambda s: torch.randint(0, num_scales - 1, s, device=device, generator=g),
+                                        y.shape[:1])
         return consistency_loss(model, ema_net, burst, y, index, noise, schedule, sigma_min, cond=cond, amp=amp,
                                 weighting=weighting)
 
@@ -498,6 +502,7 @@ def distill_student(model: EBSRD, loader: Iterable, steps: int, *, lr: float = 1
                 s_.lerp_(o, 1.0 - ema)
 
     def ckpt(state):
+        distributed.check_consistent(ema_net, "the EMA target of the distillation")  # every rank calls it
         if checkpoint is not None:
             checkpoint(dict(state, ema_state={k: v.detach().cpu() for k, v in ema_net.state_dict().items()}))
 
