@@ -6,6 +6,7 @@ through the fused burstkern ops, and that it leaves the modules of the other sta
 """
 
 import copy
+import math
 import importlib.util
 import os
 import subprocess
@@ -107,7 +108,8 @@ def test_train_denoiser_overfits_with_a_frozen_encoder(batch):
     sigma, noise = torch.tensor([0.3, 1.0]), fixed_noise(y)
     with torch.no_grad():
         before = T.denoiser_loss(model, burst, y, sigma, noise).item()
-    h = T.train_denoiser(model, [batch], 40, lr=3e-3, progress=False)
+    h = T.train_denoiser(model, [batch], 40, lr=3e-3, progress=False, sigma_dist="lognormal",
+                         lr_schedule="constant")
     with torch.no_grad():
         after = T.denoiser_loss(model, burst, y, sigma, noise).item()
     assert_history(h, 40)
@@ -148,13 +150,70 @@ def test_distill_student_overfits_and_keeps_the_teacher(batch):
                                           cfg.cm_sigma_min).item() for i in range(4))
 
     before = self_consistency()
-    h = T.distill_student(model, [batch], 30, lr=1e-3, init_from_teacher=False, progress=False)
+    h = T.distill_student(model, [batch], 30, lr=1e-3, init_from_teacher=False, progress=False, target="cd",
+                          lr_schedule="constant")
     after = self_consistency()
     assert_history(h, 30)
     assert after < 0.25 * before, (before, after)
     assert sum(h[-5:]) < sum(h[:5])
     for n, s in frozen.items():
         assert_same_state(s, state(getattr(model, n)), n)
+
+
+def test_teacher_sigmas_concentrate_where_sampling_uses_them():
+    g = torch.Generator().manual_seed(0)
+    s = T.sample_sigmas(4000, "loguniform", g, "cpu", sigma_range=(0.002, 0.03))
+    assert float(s.min()) >= 0.002 and float(s.max()) <= 0.03
+    assert abs(float(s.log().mean()) - (math.log(0.002) + math.log(0.03)) / 2) < 0.05
+    edm = T.sample_sigmas(4000, "lognormal", g, "cpu")
+    assert float((edm <= 0.03).float().mean()) < 0.05  # EDM's default: ~3% of its samples where they are used
+    with pytest.raises(ValueError, match="lognormal"):
+        T.sample_sigmas(1, "uniform", g, "cpu")
+
+
+def test_student_distilled_at_sigma_tau_onto_the_teacher_solution(batch):
+    """target='teacher': x_τ = x_init + σ_τ·ε, the target the teacher's Heun solution from the same x_τ; training
+    lowers that loss on a fixed batch and noise, and leaves the teacher, encoder and head alone."""
+    model = micro_model(perturb=("denoiser",))
+    burst = batch["burst"]
+    frozen = {n: state(getattr(model, n)) for n in ("encoder", "head", "denoiser")}
+    with torch.no_grad():
+        x_init, cond = model.initial(burst)
+    noise = fixed_noise(x_init)
+
+    def loss():
+        with torch.no_grad():
+            return T.teacher_distill_loss(model, x_init, cond, noise, 2).item()
+
+    with torch.no_grad():
+        model.student.load_state_dict(model.denoiser.state_dict())
+        torch.nn.init.zeros_(model.student.conv_out.weight)
+    before = loss()
+    h = T.distill_student(model, [batch], 30, lr=1e-3, init_from_teacher=False, progress=False, target_steps=2,
+                          lr_schedule="constant")
+    assert_history(h, 30)
+    assert loss() < 0.5 * before, (before, loss())
+    for n, s in frozen.items():
+        assert_same_state(s, state(getattr(model, n)), n)
+    # the loss is built from the one-step sampler's own pieces: a perfect student (f = target) scores 0
+    from burstkern.models.samplers import edm_heun_sampler
+    sig = torch.full((2,), model.config.sigma_tau)
+    x_tau = ops.add_noise(x_init, sig, noise=noise)
+    with torch.no_grad():
+        tgt = edm_heun_sampler(lambda a, c: model.denoiser(a, c, cond), x_tau, num_steps=2, sigma_min=1e-8,
+                               sigma_max=0.03, start="noised")
+        tgt2 = edm_heun_sampler(lambda a, c: model.denoiser(a, c, cond), x_tau, num_steps=2, sigma_min=1e-8,
+                                sigma_max=0.03, start="noised")
+    assert torch.equal(tgt, tgt2) and tgt.shape == x_init.shape
+
+
+def test_lr_schedule():
+    assert T.lr_at(0, 1000, 1.0) == pytest.approx(1 / 50)
+    assert T.lr_at(49, 1000, 1.0) == pytest.approx(1.0)
+    assert T.lr_at(999, 1000, 1.0) == pytest.approx(0.05, abs=1e-3)
+    assert T.lr_at(500, 1000, 1.0, "constant") == 1.0
+    vals = [T.lr_at(i, 1000, 1.0) for i in range(50, 1000)]
+    assert all(a >= b for a, b in zip(vals, vals[1:]))
 
 
 def test_distill_starts_from_the_teacher_and_schedule_spans_sigma_tau_to_sigma_min():
@@ -215,9 +274,13 @@ def test_stages_run_through_the_fused_ops(batch, monkeypatch):
     T.train_denoiser(model, [batch], 1, progress=False)
     assert calls.get("edm_loss") == 1 and calls.get("add_noise") == 1 and calls.get("edm_scalings") == 1
     calls.clear()
-    T.distill_student(model, [batch], 1, progress=False)
+    T.distill_student(model, [batch], 1, progress=False, target="cd")
     assert calls.get("edm_euler_update") == 1 and calls.get("edm_heun_update") == 1
     assert calls.get("cm_update") == 2 and calls.get("cm_scalings") == 2  # student and target
+    calls.clear()
+    T.distill_student(model, [batch], 1, progress=False, target_steps=2)  # teacher target: 2 Heun steps
+    assert calls.get("edm_euler_update") == 2 and calls.get("edm_heun_update") == 1
+    assert calls.get("cm_update") == 1 and calls.get("add_noise") == 1
 
 
 def test_stages_are_seeded(batch):
