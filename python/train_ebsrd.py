@@ -97,6 +97,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; continue with: python python/train_ebsrd.py --resume {args.out}", file=sys.stderr)
         return 130
+    finally:
+        from burstkern import distributed as bd
+
+        bd.shutdown()  # leave torchrun's process group (no-op in one process)
 
 
 def _resume_args(args):
@@ -134,10 +138,12 @@ def train(args) -> int:
     import burstkern
     from burstkern.data import SyntheticBurstDataset
     from burstkern.models import EBSRD
-    from burstkern.train import (StepBatches, distill_student, load_checkpoint, save_checkpoint, train_denoiser,
-                                 train_initial)
+    from burstkern.train import distill_student, load_checkpoint, save_checkpoint, train_denoiser, train_initial
 
-    device = torch.device(args.device)
+    from burstkern import distributed as bd  # torchrun: data-parallel (docs/reproducing.md); else no-ops
+    device = bd.init(args.device).device
+    if not bd.is_main():  # one log: rank 0's (errors still reach stderr)
+        sys.stdout = open(os.devnull, "w")
     log_path, curves_path = _paths(args)
     torch.manual_seed(args.seed)
     model = EBSRD(args.preset, init_base=args.init_base).to(device)
@@ -158,16 +164,19 @@ def train(args) -> int:
               + (f", {state['stage']} at step {state['resume']['step']}" if state.get("resume") else ""))
 
     def save(path=args.out, half=False, **extra):
+        if not bd.is_main():  # rank 0 alone writes checkpoints
+            return
         tmp = path + ".tmp"
         save_checkpoint(tmp, model, losses=losses, half=half, preset=args.preset, args=vars(args),
                         train_seconds=times, train_cpu_seconds=cpu, train_state=state, **extra)
         os.replace(tmp, path)
 
+    bd.broadcast_module(model)  # every rank starts from rank 0's weights
     n_params = sum(p.numel() for p in model.parameters())
     print(f"E-BSRD {args.preset}: {n_params / 1e6:.2f} M parameters; bursts {cfg.burst_size}x4x{(args.crop - 48) // 8}² "
           f"-> {args.crop - 48}², batch {args.batch_size}, dead leaves {args.deadleaves:.0%}; device {device}, "
           f"backend {burstkern.get_backend()}, {torch.get_num_threads()} thread(s)", flush=True)
-    common = dict(device=device, progress=not args.no_progress, lr_schedule=args.lr_schedule)
+    common = dict(device=device, progress=not args.no_progress and bd.is_main(), lr_schedule=args.lr_schedule)
     kw = {"initial": dict(lr=args.lr_initial),
           "denoiser": dict(lr=args.lr_denoiser, amp=args.amp, sigma_dist=args.sigma_dist, p_mean=args.p_mean,
                            p_std=args.p_std),
@@ -191,7 +200,8 @@ def train(args) -> int:
             state.update(stage=name, resume=st)
             save()
 
-        h = fns[name](model, StepBatches(ds, args.batch_size), steps[name], seed=args.seed * 8 + k, resume=resume,
+        # torchrun: each rank its slice of every global batch of --batch-size
+        h = fns[name](model, bd.step_batches(ds, args.batch_size), steps[name], seed=args.seed * 8 + k, resume=resume,
                       checkpoint=ckpt_fn, checkpoint_every=args.checkpoint_every, **kw[name], **common)
         losses[name] = h
         times[name] = t_before + time.perf_counter() - t0
@@ -210,7 +220,7 @@ def train(args) -> int:
     log = {"args": vars(args), "train_seconds": times, "train_cpu_seconds": cpu, "total_seconds": total,
            "total_cpu_seconds": total_cpu, "machine": machine(), "losses": losses}
     extra = {}
-    if not args.no_eval:
+    if not args.no_eval and bd.is_main():
         from burstkern.data import HELDOUT_CROP, heldout_bursts, validation_bursts
         from burstkern.demo import evaluate_set, format_table
 
@@ -234,6 +244,9 @@ def train(args) -> int:
                                     "bursts": len(bursts["names"]), "names": bursts["names"], "machine": machine(),
                                     "teacher_steps": args.eval_teacher_steps}
     save(half=bool(args.half), **extra)
+    bd.barrier()
+    if not bd.is_main():
+        return 0
     print(f"saved {args.out} ({os.path.getsize(args.out) / 2 ** 20:.2f} MiB{', fp16 weights' if args.half else ''})")
     with open(log_path, "w") as f:
         json.dump(log, f, indent=1)
