@@ -21,9 +21,9 @@ def demo(argv: Optional[List[str]] = None) -> int:
 
 
 def evaluate(argv: Optional[List[str]] = None) -> int:
-    from . import demo as _demo
+    from . import evaluate as _evaluate  # the benchmarks (--data/--format ...); bare: demo.eval_main's table
 
-    return _demo.eval_main(argv)
+    return _evaluate.main(argv)
 
 
 def sr(argv: Optional[List[str]] = None) -> int:
@@ -83,7 +83,8 @@ USAGE = """usage: burstkern {info,demo,eval,sr,export-onnx} [options]
 
   info   versions, compiled extension, op x backend availability (with the reason when unavailable)
   demo   E-BSRD (shipped tiny weights) on a held-out burst: baseline / x_init / one-step / teacher table + figure
-  eval   the whole held-out set table (burstkern.data.heldout_bursts) for the shipped or your checkpoint
+  eval   the whole held-out set table (burstkern.data.heldout_bursts) for the shipped or your checkpoint;
+         --data PATH --format synthetic-val|burstsr|synthetic: the papers' benchmarks, per-burst CSV + summary
   sr     super-resolve your own burst (RAW mosaics, packed .npy/.pt, or RGB frames) to a PNG
   export-onnx  the one-step model as ONNX (DeformConv, opset >= 19) for onnxruntime
 

@@ -210,3 +210,14 @@ def test_bare_eval_is_the_model_card_table(monkeypatch):
     assert seen == [["--checkpoint", "x.pt", "--teacher-steps", "4", "--split", "val"], []]
     assert ev._is_heldout_table(["--seed", "1"]) and not ev._is_heldout_table(["--format=synthetic"])
     assert not ev._is_heldout_table(["--help"])
+
+
+def test_burstkern_eval_command_is_wired(tmp_path, capsys):
+    from burstkern.cli import main as cli_main
+
+    csv_path = str(tmp_path / "cli.csv")
+    assert cli_main(["eval", "--format", "synthetic", "--random-weights", "--limit", "1", "--method", "baseline",
+                     "--csv", csv_path, "--no-progress"]) == 0
+    assert "per-burst rows" in capsys.readouterr().out and len(rows_of(csv_path)) == 1
+    from burstkern.data import BurstSR, SyntheticBurstVal  # exported
+    assert SyntheticBurstVal.format == "synthetic-val" and BurstSR.format == "burstsr"

@@ -30,3 +30,5 @@ __all__ = [
     "dead_leaves", "dead_leaves_image", "heldout_bursts", "validation_bursts", "HELDOUT_CROP", "HELDOUT_IMAGES",
     "VAL_IMAGES", "DEADLEAVES_SEEDS",
 ]
+from .benchmarks import BenchmarkDataError, BurstSR, SyntheticBurstVal  # noqa: E402  published formats (benchmarks.py)
+__all__ += ["SyntheticBurstVal", "BurstSR", "BenchmarkDataError"]
