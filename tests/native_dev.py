@@ -48,12 +48,13 @@ def load(op: str, functions: Sequence[str], verbose: bool = False) -> Optional[o
     build = os.path.join("/tmp", "burstkern_native_dev", name)
     os.makedirs(build, exist_ok=True)
     binding = os.path.join(build, "binding.cpp")
-    with open(binding, "w") as f:
-        f.write(f'#include <torch/extension.h>\n#include "{op}/{op}_cpu_kernels.h"\n'
-                "PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {\n")
-        for fn in functions:
-            f.write(f'  m.def("{fn}", &burstkern::{op}::cpu::{fn});\n')
-        f.write("}\n")
+    text = (f'#include <torch/extension.h>\n#include "{op}/{op}_cpu_kernels.h"\n'
+            "PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {\n"
+            + "".join(f'  m.def("{fn}", &burstkern::{op}::cpu::{fn});\n' for fn in functions) + "}\n")
+    old = open(binding).read() if os.path.exists(binding) else None
+    if old != text:  # rewriting it would make ninja rebuild it on every load
+        with open(binding, "w") as f:
+            f.write(text)
     from torch.utils import cpp_extension
 
     try:
