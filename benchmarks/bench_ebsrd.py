@@ -8,7 +8,7 @@ available backend. fp32 and bf16.
 CPU cases (``test_one_step_cpu``; on machines without a GPU, or with BURSTKERN_BENCH_CPU=1): one step of
 EBSRD("tiny") and EBSRD("paper"), burst 1xTx4x48x48 -> 3x384x384, fp32, 1 thread and all cores, on the reference
 and native backends and torch.compile of the model on the reference backend; the per-stage breakdown (encoder,
-alignment, initial head, U-Net, denoise ops and glue) goes into extra_info["stages_ms"].
+alignment, initial head, U-Net, rest = denoise ops and glue) goes into extra_info["stages_ms"].
 """
 
 import pytest
