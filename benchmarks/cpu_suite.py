@@ -65,6 +65,7 @@ def main(argv=None) -> int:
                     help="thread counts of the end-to-end groups (default: --threads)")
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     ap.add_argument("--providers", nargs="+", default=None, help="only these providers (and each baseline)")
+    ap.add_argument("--match", nargs="+", default=None, help="only groups whose name contains one of these")
     ap.add_argument("--mem-reps", type=int, default=3, help="fresh processes per peak-memory figure (0: none)")
     ap.add_argument("--no-profile", action="store_true", help="skip the torch.profiler op table end to end")
     ap.add_argument("--quick", action="store_true", help="small shapes, to prove the harness")
@@ -105,6 +106,8 @@ def main(argv=None) -> int:
         groups = [g for g in quick_groups() if g.suite in a.suites]
     else:
         groups = [g for g in C.all_groups(tuple(a.e2e_presets)) if g.suite in a.suites]
+    if a.match:
+        groups = [g for g in groups if any(m in g.name for m in a.match)]
     for n in a.threads:
         for g in groups:
             if g.suite == "e2e" and a.e2e_threads is not None and n not in a.e2e_threads:
