@@ -156,3 +156,30 @@ def test_meta_tensors_give_shapes():
     assert ops.edm_heun_update(x, x, x, x, s, s).shape == (2, 8, 9, 9)
     assert ops.edm_loss(x, x, x, s).shape == (2,)
     assert ops.add_noise(x, s).device == m
+
+
+@pytest.mark.parametrize("where", [0, 7, 49])
+def test_nan_pixels_spread_as_in_torchvision(where):
+    """A NaN pixel reaches exactly the outputs and gradients torchvision's reaches: outside corners are selected
+    away, not multiplied by 0 (their clamped index can point at the NaN pixel)."""
+    g = torch.Generator().manual_seed(where)
+    x = torch.randn(2, 4, 5, 5, generator=g, dtype=torch.float64)
+    x.view(-1)[where] = float("nan")
+    off = torch.randn(2, 18, 5, 5, generator=g, dtype=torch.float64) * 3
+    w = torch.randn(3, 4, 3, 3, generator=g, dtype=torch.float64)
+    m = torch.rand(2, 9, 5, 5, generator=g, dtype=torch.float64)
+
+    def run(fn):
+        leaves = [t.clone().requires_grad_() for t in (x, off, w, m)]
+        out = fn(*leaves)
+        out.sum().backward()
+        return [out.detach()] + [t.grad for t in leaves]
+
+    ref = run(lambda a, b, c, d: tv_ops.deform_conv2d(a, b, c, padding=1, mask=d))
+    for name in ["reference"] + (["native"] if backend_available("native", "cpu", "deform_conv2d",
+                                                                 torch.float64).ok else []):
+        with burstkern.backend(name):
+            got = run(lambda a, b, c, d: ops.deform_conv2d(a, b, c, padding=1, mask=d))
+        for i, (a, b) in enumerate(zip(got, ref)):
+            assert torch.equal(a.isnan(), b.isnan()), (name, i)
+            torch.testing.assert_close(a.nan_to_num(), b.nan_to_num(), msg=f"{name} {i}")

@@ -138,7 +138,8 @@ Checked check_group_norm(const Tensor& x, const Tensor& gamma, const std::option
   return c;
 }
 
-// mean/rstd: the forward's fp32 [N, G] statistics; eps is not needed (rstd has it).
+// mean/rstd: the forward's [N, G] statistics, in x's compute dtype (float64 for float64 x, else float32); eps is not
+// needed (rstd has it).
 template <class Exec>
 Checked check_group_norm_backward(const Tensor& grad, const Tensor& x, const Tensor& gamma,
                                   const std::optional<Tensor>& beta, int64_t G, const std::optional<Tensor>& weight,
@@ -148,9 +149,11 @@ Checked check_group_norm_backward(const Tensor& grad, const Tensor& x, const Ten
   check_like_x<Exec>(grad, "grad", x, c.L);
   for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{mean, "mean"}, {rstd, "rstd"}}) {
     Exec::check_device(t, name);
-    TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.dim() == 2 && t.size(0) == c.L.N &&
+    const auto stat = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    TORCH_CHECK(t.scalar_type() == stat && t.is_contiguous() && t.dim() == 2 && t.size(0) == c.L.N &&
                     t.size(1) == G,
-                name, " must be a contiguous float32 [N, G] = [", c.L.N, ", ", G, "] tensor, got dtype ",
+                name, " must be a contiguous ", stat == at::kDouble ? "float64" : "float32", " [N, G] = [", c.L.N,
+                ", ", G, "] tensor, got dtype ",
                 t.scalar_type(), " shape ", t.sizes(), " strides ", t.strides());
   }
   return c;

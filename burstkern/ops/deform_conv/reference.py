@@ -74,14 +74,21 @@ def _corners(inp: torch.Tensor, offset: torch.Tensor, kh: int, kw: int, stride, 
     for dy, wy, sy in ((0, 1 - ly, -1.0), (1, ly, 1.0)):
         for dx, wx, sx in ((0, 1 - lx, -1.0), (1, lx, 1.0)):
             yc, xc = y0i + dy, x0i + dx
-            valid = (real & (yc >= 0) & (yc <= h - 1) & (xc >= 0) & (xc <= w - 1)).to(dt)
+            valid = real & (yc >= 0) & (yc <= h - 1) & (xc >= 0) & (xc <= w - 1)
             idx = yc.clamp(0, h - 1) * w + xc.clamp(0, w - 1)
             corners.append((idx, wy, wx, valid, sy, sx))
     return inp.reshape(n, og, cin // og, h * w), corners, (fill, nan_y, nan_x)
 
 
-def _gather(img: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return torch.gather(img, 3, idx.expand(*img.shape[:3], idx.shape[-1]))
+def _gather(img: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The corner values, 0 where the corner is outside the image. Selected, not multiplied by a 0/1 mask: an
+    outside corner's clamped index reads a real pixel, and a NaN there must not leak (torchvision reads nothing)."""
+    v = torch.gather(img, 3, idx.expand(*img.shape[:3], idx.shape[-1]))
+    return torch.where(valid, v, torch.zeros((), dtype=v.dtype, device=v.device))
+
+
+def _sample(img, corners, fill):
+    return sum(_gather(img, idx, valid) * (wy * wx) for idx, wy, wx, valid, _, _ in corners) + fill
 
 
 def bilinear_columns(inp: torch.Tensor, offset: torch.Tensor, mask: Optional[torch.Tensor], kh: int, kw: int,
@@ -92,7 +99,7 @@ def bilinear_columns(inp: torch.Tensor, offset: torch.Tensor, mask: Optional[tor
     og = offset.shape[1] // (2 * k)
     ho, wo = offset.shape[2], offset.shape[3]
     img, corners, (fill, _, _) = _corners(inp, offset, kh, kw, stride, padding, dilation)
-    cols = sum(_gather(img, idx) * (wy * wx * valid) for idx, wy, wx, valid, _, _ in corners) + fill
+    cols = _sample(img, corners, fill)
     cols = cols.view(n, og, cin // og, k, ho * wo)
     if mask is not None:
         cols = cols * mask.reshape(n, og, 1, k, ho * wo)
@@ -161,7 +168,7 @@ def deform_conv2d_backward(grad: torch.Tensor, inp: torch.Tensor, offset: torch.
         if m == 0:
             continue
         img, corners, (fill, nan_y, nan_x) = _corners(x, off, kh, kw, stride, padding, dilation)
-        sampled = sum(_gather(img, idx) * (wy * wx * valid) for idx, wy, wx, valid, _, _ in corners) + fill
+        sampled = _sample(img, corners, fill)
         sampled = sampled.view(m, og, cin // og, k, ho * wo)
         msk = None if mask is None else mask[sl].to(cd).reshape(m, og, 1, k, ho * wo)
         cols = sampled if msk is None else sampled * msk
@@ -174,11 +181,12 @@ def deform_conv2d_backward(grad: torch.Tensor, inp: torch.Tensor, offset: torch.
         g_cols = g_cols.reshape(m, og, cin // og, k * ho * wo)
         g_img = torch.zeros_like(img)
         g_y, g_x = nan_y, nan_x
+        zero = torch.zeros((), dtype=cd, device=inp.device)
         for idx, wy, wx, valid, sy, sx in corners:
-            g_img.scatter_add_(3, idx.expand_as(g_cols), g_cols * (wy * wx * valid))
-            g_v = (g_cols * _gather(img, idx)).sum(2, keepdim=True)
-            g_y = g_y + g_v * (sy * wx * valid)
-            g_x = g_x + g_v * (wy * sx * valid)
+            g_img.scatter_add_(3, idx.expand_as(g_cols), torch.where(valid, g_cols * (wy * wx), zero))
+            g_v = (g_cols * _gather(img, idx, valid)).sum(2, keepdim=True)
+            g_y = g_y + torch.where(valid, g_v * (sy * wx), zero)
+            g_x = g_x + torch.where(valid, g_v * (wy * sx), zero)
         g_input[sl] = g_img.reshape(m, cin, h, w)
         g_off = g_offset[sl].view(m, og, k, 2, ho, wo)
         g_off[:, :, :, 0] = g_y.reshape(m, og, k, ho, wo)
