@@ -1,6 +1,7 @@
 // Schema and CPU kernel of burstkern_C::denoise_randn (testing/denoise_randn.h; CUDA: denoise_randn.cu).
 #include <torch/library.h>
 
+#include "denoise/denoise_kernels.cuh"  // the CUDA kernel on the SIMT emulation while it is on
 #include "testing/denoise_randn.h"
 
 namespace burstkern {
@@ -19,6 +20,7 @@ struct SerialLoop {
 
 std::tuple<at::Tensor, at::Tensor> randn_cpu(const at::Tensor& seed, const at::Tensor& offsets) {
   TORCH_CHECK(offsets.device().is_cpu(), "offsets must be a CPU tensor here, got ", offsets.device());
+  if (simt_mode() != 0) return randn<denoise::KernelLaunch<simt::EmuLaunch>>(seed, offsets);
   return randn<SerialLoop>(seed, offsets);
 }
 
