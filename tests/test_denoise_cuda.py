@@ -366,17 +366,17 @@ def test_errors():
     s = torch.tensor([0.5, 1.0])
     seed = _seed(1)
     with pytest.raises(RuntimeError, match=r"x must be contiguous or channels_last.*strides"):
-        B.denoise_combine(x[..., ::2], x[..., ::2], s, SD, SMIN, False, False)
+        B.denoise_combine(x[..., ::2], x[..., ::2], s, SD, SMIN, "edm", False)
     with pytest.raises(RuntimeError, match=r"F must be laid out as x \(ChannelsLast\)"):
-        B.denoise_combine(x.contiguous(memory_format=torch.channels_last), x, s, SD, SMIN, False, False)
+        B.denoise_combine(x.contiguous(memory_format=torch.channels_last), x, s, SD, SMIN, "edm", False)
     with pytest.raises(RuntimeError, match=r"F must have the shape of x \[2, 3, 4, 4\], got \[2, 3, 4, 5\]"):
-        B.denoise_combine(x, torch.randn(2, 3, 4, 5), s, SD, SMIN, False, False)
+        B.denoise_combine(x, torch.randn(2, 3, 4, 5), s, SD, SMIN, "edm", False)
     with pytest.raises(RuntimeError, match=r"F has dtype Half but x has Float"):
         B.edm_euler_update(x, x.half(), s, s, SD)
-    with pytest.raises(RuntimeError, match=r"x must be float32, float16 or bfloat16, got Double"):
-        B.denoise_combine(x.double(), x.double(), s, SD, SMIN, False, False)
+    with pytest.raises(RuntimeError, match=r"x must be float32, float16 or bfloat16 or float64, got Int"):
+        B.denoise_combine(x.int(), x.int(), s, SD, SMIN, "edm", False)  # the CPU kernels take float64 too
     with pytest.raises(RuntimeError, match=r"sigma must have shape \[\] or \[N\] = \[2\], got \[3\]"):
-        B.denoise_combine(x, x, torch.ones(3), SD, SMIN, False, False)
+        B.denoise_combine(x, x, torch.ones(3), SD, SMIN, "edm", False)
     with pytest.raises(RuntimeError, match=r"sigma_next must be a floating-point tensor, got Long"):
         B.edm_euler_update(x, x, s, torch.ones(2, dtype=torch.int64), SD)
     with pytest.raises(RuntimeError, match=r"add_noise needs noise or seed"):
@@ -391,7 +391,8 @@ def test_errors():
         B.denoise_randn(seed, torch.zeros(3))
     # the cuda backend itself stays GPU-only
     if not torch.cuda.is_available():
-        with burstkern.backend("cuda"), pytest.raises(BK.BackendUnavailableError, match="runs CUDA tensors.*use backend 'native'"):
+        with burstkern.backend("cuda"), pytest.raises(BK.BackendUnavailableError,
+                                                      match="runs CUDA tensors.*use backend 'native'"):
             ops.denoise_combine(x, x, s)
 
 
@@ -399,10 +400,10 @@ def test_poison_switch_catches_unwritten_elements():
     """The poisoning the tests rely on works: a fresh output is all NaN until a kernel writes it."""
     prev = B.set_poison_outputs(True)
     try:
-        empty_out, _ = B.denoise_combine(torch.randn(0, 3), torch.randn(0, 3), torch.tensor(1.0), SD, SMIN, False,
+        empty_out, _ = B.denoise_combine(torch.randn(0, 3), torch.randn(0, 3), torch.tensor(1.0), SD, SMIN, "edm",
                                          False)
         assert empty_out.numel() == 0
-        D, d = B.denoise_combine(torch.randn(2, 3), torch.randn(2, 3), torch.tensor(1.0), SD, SMIN, False, True)
+        D, d = B.denoise_combine(torch.randn(2, 3), torch.randn(2, 3), torch.tensor(1.0), SD, SMIN, "edm", True)
         assert torch.isfinite(D).all() and torch.isfinite(d).all()
         assert rel_err(torch.full((2,), float("nan")), torch.ones(2)) == float("inf")
     finally:

@@ -23,13 +23,18 @@ def test_build_record_matches_the_loaded_state():
 
 @pytest.mark.skipif(_extension.cuda_extension_error() is not None, reason="burstkern._C not built")
 def test_extension_registers_its_ops():
-    assert hasattr(torch.ops.burstkern_C, "poison_")
-    with pytest.raises((RuntimeError, NotImplementedError), match="poison_"):  # CUDA kernels only
-        torch.ops.burstkern_C.poison_(torch.zeros(3))
+    flags = torch.ops.burstkern_C.build_flags()
+    st = _extension.state()
+    assert st.flags == flags and ("testing=1" in flags) == hasattr(torch.ops.burstkern_C, "poison_")
+    for op in ("deform_conv2d", "sft_group_norm", "denoise_combine", "edm_heun_update"):
+        assert hasattr(torch.ops.burstkern_C, op), op
+    if st.testing:  # the test op poison_ has CUDA kernels only
+        with pytest.raises((RuntimeError, NotImplementedError), match="poison_"):
+            torch.ops.burstkern_C.poison_(torch.zeros(3))
 
 
 @requires_cuda
-@pytest.mark.skipif(_extension.cuda_extension_error() is not None, reason="burstkern._C not built")
+@pytest.mark.skipif(not _extension.has_ops("poison_"), reason="needs a BURSTKERN_TESTING=1 build of burstkern._C")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_trivial_kernel_runs_on_the_gpu(dtype):
     for n in (1, 1000, 3 * 2 ** 20 + 7):

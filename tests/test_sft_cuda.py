@@ -323,7 +323,8 @@ def test_errors():
         B.sft_group_norm_backward(x, x, g, None, 4, None, None, mean, rstd.double(), 0, 0.0)
     # the cuda backend itself stays GPU-only
     if not torch.cuda.is_available():
-        with burstkern.backend("cuda"), pytest.raises(BK.BackendUnavailableError, match="runs CUDA tensors.*use backend 'native'"):
+        with burstkern.backend("cuda"), pytest.raises(BK.BackendUnavailableError,
+                                                      match="runs CUDA tensors.*use backend 'native'"):
             burstkern.ops.sft_modulate(x, g)
 
 
@@ -380,18 +381,19 @@ def test_unet_shapes_emulated(case, dtype, native_on_cpu, simt_emulation):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-def test_emulated_kernels_match_cpu_build_bitwise(layout, native_on_cpu):
-    """The CPU loops walk the elements as the kernels do (same partials, same tree), so they agree bit for bit."""
+def test_emulated_kernels_match_cpu_kernels(layout, native_on_cpu):
+    """The CUDA kernels (emulated) and the CPU kernels compute the same op: outputs and statistics agree to fp32
+    rounding (their reduction orders differ, so not bit for bit)."""
     case = Case(op="gn", n=2, c=32, h=24, w=16, groups=8, form="merged_channel", act="silu", layout=layout)
     args = _op_args(case, make_inputs(case, torch.float32, seed=3))
-    loops = B.sft_group_norm(*args)
+    cpu = B.sft_group_norm(*args)
     prev = B.set_simt_emulation(1)
     try:
         emulated = B.sft_group_norm(*args)
     finally:
         B.set_simt_emulation(prev)
-    for a, b in zip(loops, emulated):
-        assert torch.equal(a, b)
+    for name, a, b in zip(("out", "mean", "rstd"), cpu, emulated):
+        assert_rel_close(a, b, torch.float32, name)
 
 
 def _kernels(fn):
