@@ -230,7 +230,7 @@ def cmd_eval(args):
     base = next((r for r in rows if r["method"] == "baseline"), None)
     for r in rows:
         r["wins"] = sum(a > b_ for a, b_ in zip(r["psnr_each"], base["psnr_each"])) if base else None
-    _log(args, f"table_{args.split}.json", {"split": args.split, "n": N, "names": ev["names"], "rows": rows,
+    _log(args, f"table_{args.split}{args.tag}.json", {"split": args.split, "n": N, "names": ev["names"], "rows": rows,
                                             "argv": sys.argv, "threads": torch.get_num_threads()})
     wins = lambda r: "" if r["wins"] is None else f"{r['wins']}/{N}"  # noqa: E731
     md = ["| method | PSNR dB | Δ baseline | SSIM | HF ratio | ms / burst | trained params | wins vs baseline |",
@@ -239,7 +239,7 @@ def cmd_eval(args):
         d = f"{r['psnr'] - base['psnr']:+.2f}" if base else ""
         md.append(f"| {r['label']} | {r['psnr']:.2f} | {d} | {r['ssim']:.4f} | {r['hf_ratio']:.3f} | {r['ms']:.1f} | "
                   f"{r['params']:,} | {wins(r)} |")
-    with open(_p(args, f"table_{args.split}.md"), "w") as f:
+    with open(_p(args, f"table_{args.split}{args.tag}.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
     if args.figure:
@@ -293,6 +293,7 @@ def build_parser():
     p.add_argument("--split", default="eval", choices=("eval", "val"))
     p.add_argument("--only", default=None, help="comma-separated methods to evaluate")
     p.add_argument("--chunk", type=int, default=8)
+    p.add_argument("--tag", default="", help="eval: suffix of the table file names")
     p.add_argument("--figure", default=None, help="PNG of the same crop from each method")
     p.add_argument("--figure-index", type=int, default=0)
     p.add_argument("--dpir-sigma-tau", type=float, default=None,
