@@ -61,8 +61,9 @@ from .models.dpir import DPIR
 from .models.ebsrd import EBSRD
 from .models.samplers import edm_heun_sampler
 
-__all__ = ["train_tad", "tad_noise", "tad_prepare", "tad_generator_loss", "tad_discriminator_loss", "train_dpir_denoiser",
-           "train_dpir_fusion", "dpir_sigmas", "dpir_denoiser_loss", "dpir_fusion_loss", "cosine_lr"]
+__all__ = ["train_tad", "tad_noise", "tad_prepare", "tad_generator_loss", "tad_discriminator_loss",
+           "train_dpir_denoiser", "train_dpir_fusion", "dpir_sigmas", "dpir_denoiser_loss", "dpir_fusion_loss",
+           "cosine_lr"]
 
 
 # ----------------------------------------------------------------------------------------------
