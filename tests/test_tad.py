@@ -82,6 +82,10 @@ def _perturbed_disc(model, time_aware=True):
 @pytest.mark.parametrize("name", backends())
 def test_tad_losses_and_gradients_match_the_reference_backend(name):
     model = make_model()
+    # σ_min 2e-3 instead of the teacher's 1e-8: at σ_next = 1e-8 the reference (and triton) fp32 Heun update loses
+    # ~2% to cancellation in (x − D)/σ_next while native keeps 4e-8 (against fp64), so outputs there compare the
+    # ops' conditioning, not this stage
+    model.config.teacher_sigma_min = 2e-3
     burst, y = batch(1)   # tiny: the triton backend runs under the interpreter on a CPU
     nz = noises(y, model=model)
     results = {}
