@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from burstkern.ops.denoise import reference as R
+from utils import ContiguousOps
 from burstkern.ops.denoise import rng
 
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -237,23 +238,10 @@ def test_native_ops(K, dtype, layout, per_sample, mode):
             x = tensors(dtype, layout, count=1)[0]
             with pytest.raises(RuntimeError, match="x must be contiguous or channels_last"):
                 K.edm_euler_update(x, x, torch.tensor(0.7), torch.tensor(0.3), SD)
-        K = _Contiguous(K)
+        K = ContiguousOps(K)
     run_all(K, dtype, layout, per_sample, mode)
 
 
-class _Contiguous:
-    """An op namespace whose calls get their non-contiguous tensor arguments made contiguous (the native glue)."""
-
-    def __init__(self, ns):
-        self.ns = ns
-
-    def __getattr__(self, name):
-        op = getattr(self.ns, name)
-
-        def call(*args):
-            return op(*[a.contiguous() if isinstance(a, torch.Tensor) and a.dim() == 4 and not a.is_contiguous()
-                        and not a.is_contiguous(memory_format=torch.channels_last) else a for a in args])
-        return call
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (2, 40001), (5, 3, 1, 17), (1, 4, 130, 131)], ids=str)
@@ -374,5 +362,3 @@ def test_native_backend_public_ops():
 
 def g1_like(t):
     return torch.linspace(-1, 1, t.numel(), dtype=t.dtype).reshape(t.shape)
-
-

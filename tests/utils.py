@@ -116,3 +116,18 @@ def compiled_device(request, *cpu_fixtures: str, every: tuple = ()) -> str:
     for name in every:
         request.getfixturevalue(name)
     return "cpu" if request.param == "emu" else request.param
+
+
+class ContiguousOps:
+    """An op namespace whose calls get their non-contiguous tensor arguments made contiguous (the native glue)."""
+
+    def __init__(self, ns):
+        self.ns = ns
+
+    def __getattr__(self, name):
+        op = getattr(self.ns, name)
+
+        def call(*args):
+            return op(*[a.contiguous() if isinstance(a, torch.Tensor) and a.dim() == 4 and not a.is_contiguous()
+                        and not a.is_contiguous(memory_format=torch.channels_last) else a for a in args])
+        return call
