@@ -176,3 +176,14 @@ def test_one_step_cuda_graph_replays_to_the_same_image():
         again = static_out.clone()
     assert_rel_close(replayed, eager, torch.float32, "graph replay vs eager", scale=5)
     assert not torch.equal(again, replayed)  # a later replay draws fresh noise
+
+
+def test_teacher_honours_num_steps():
+    """num_steps=0 is an error, not the default 40 steps in disguise; None means the config's count."""
+    model, b = make_model(), burst()
+    with torch.no_grad(), burstkern.backend("reference"):
+        with pytest.raises(ValueError, match="num_steps must be an int >= 1, got 0"):
+            model.teacher(b, num_steps=0)
+        one = model.teacher(b, num_steps=1, generator=torch.Generator().manual_seed(0))
+        two = model.teacher(b, num_steps=2, generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(one, two)

@@ -259,7 +259,8 @@ class EBSRD(nn.Module):
         cfg = self.config
         x_init, cond = self.initial(burst)
         with nvtx_range("sample"):
-            return edm_heun_sampler(self._raw(self.denoiser, cond), x_init, num_steps=num_steps or cfg.teacher_steps,
+            steps = cfg.teacher_steps if num_steps is None else num_steps  # 0 is an error, not "the default"
+            return edm_heun_sampler(self._raw(self.denoiser, cond), x_init, num_steps=steps,
                                     sigma_min=cfg.teacher_sigma_min, sigma_max=cfg.sigma_tau, start="early",
                                     sigma_data=cfg.sigma_data, generator=generator, **sampler_kw)
 
