@@ -9,13 +9,12 @@ tests skip; the reference and Triton tests always run (Triton on the CPU under T
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
 from burstkern.ops.denoise import reference as R
-from utils import ContiguousOps
+from utils import ContiguousOps, native_namespace
 from burstkern.ops.denoise import rng
 
 TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -26,30 +25,11 @@ SEED = torch.tensor([0x123456789ABCDEF], dtype=torch.int64)
 # ----------------------------------------------------------------------------------------------------------------
 # the compiled ops
 # ----------------------------------------------------------------------------------------------------------------
-_state: dict = {}
-
-
-def _namespace():
-    if "ns" not in _state:
-        ns, why = None, None
-        lib, name = os.environ.get("BURSTKERN_NATIVE_LIB"), os.environ.get("BURSTKERN_NATIVE_NS")
-        try:
-            if lib:
-                torch.ops.load_library(lib)
-                ns = getattr(torch.ops, name or "burstkern_C")
-            else:
-                import burstkern._C  # noqa: F401  (registers torch.ops.burstkern_C)
-
-                ns = torch.ops.burstkern_C
-        except Exception as exc:  # noqa: BLE001 - not built: a skip reason
-            why = f"burstkern._C is not built ({type(exc).__name__}: {exc})"
-        _state["ns"], _state["why"] = ns, why
-    return _state["ns"], _state["why"]
 
 
 @pytest.fixture(scope="module")
 def K():
-    ns, why = _namespace()
+    ns, why = native_namespace()
     if ns is None:
         pytest.skip(why)
     x = torch.randn(2, 3, dtype=torch.float64)

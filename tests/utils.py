@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -131,3 +133,26 @@ class ContiguousOps:
             return op(*[a.contiguous() if isinstance(a, torch.Tensor) and a.dim() == 4 and not a.is_contiguous()
                         and not a.is_contiguous(memory_format=torch.channels_last) else a for a in args])
         return call
+
+
+_native_state: dict = {}
+
+
+def native_namespace():
+    """(op namespace, skip reason): burstkern._C's ops, or a dev build named by BURSTKERN_NATIVE_LIB /
+    BURSTKERN_NATIVE_NS (the same schemas), loaded once."""
+    if "ns" not in _native_state:
+        ns, why = None, None
+        lib, name = os.environ.get("BURSTKERN_NATIVE_LIB"), os.environ.get("BURSTKERN_NATIVE_NS")
+        try:
+            if lib:
+                torch.ops.load_library(lib)
+                ns = getattr(torch.ops, name or "burstkern_C")
+            else:
+                import burstkern._C  # noqa: F401  (registers torch.ops.burstkern_C)
+
+                ns = torch.ops.burstkern_C
+        except Exception as exc:  # noqa: BLE001 - not built: a skip reason
+            why = f"burstkern._C is not built ({type(exc).__name__}: {exc})"
+        _native_state["ns"], _native_state["why"] = ns, why
+    return _native_state["ns"], _native_state["why"]
