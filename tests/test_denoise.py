@@ -18,7 +18,7 @@ from burstkern import ops
 from burstkern.ops.denoise import op as dn_op
 from burstkern.ops.denoise import rng
 
-from utils import DTYPES, assert_rel_close, fused_backends, requires_cuda
+from utils import DTYPES, assert_rel_close, fused_backends, rel_err, requires_cuda
 
 SD = 0.5
 SMIN = 0.002
@@ -638,6 +638,32 @@ def test_sigma_gradient_is_accurate_in_fp32_for_large_sigma(mode, backend):
     for i in range(2):
         rel = abs(grads[torch.float32][i].item() - grads[torch.float64][i].item()) / abs(grads[torch.float64][i].item())
         assert rel < 2e-5, f"σ = {sig[i].item()}: relative error {rel:.2e}"
+
+
+@pytest.mark.parametrize("mode", ["edm", "cm"])
+@pytest.mark.parametrize("backend", ["reference"] + fused_backends(dn_op.OP_COMBINE_BWD, "cpu"))
+def test_gradients_of_d_are_accurate_in_fp32_for_small_sigma(mode, backend, request):
+    """d = (x − D)/σ = a·x − b·F: its σ-gradient written −dD/σ − (x − D)/σ², and 1 − c_skip by subtraction, cancel
+    in fp32 for σ ≪ sd (σ-gradient 1e-3 relative at σ = 0.002, found by the long Hypothesis profile); the closed
+    forms of reference.derivative_coefficients hold every gradient to 1e-4 of an fp64 evaluation."""
+    if backend == "native" and mode == "edm":  # csrc/denoise/element.cuh combine_backward: requested of the lead
+        request.applymarker(pytest.mark.xfail(reason="the compiled combine_backward still has the cancelling "
+                                                     "form (csrc/denoise/element.cuh)", strict=False))
+    g = torch.Generator().manual_seed(0)
+    x, F, gD, gd = (torch.randn(2, 3, 4, 4, generator=g).to(torch.float64) for _ in range(4))  # fp32-exact
+    sig = torch.tensor([0.002, 0.01]).to(torch.float64)
+    grads = {}
+    for dt, be in ((torch.float64, "reference"), (torch.float32, backend)):
+        leaves = [t.detach().to(dt).requires_grad_(True) for t in (x, F, sig)]
+        with burstkern.backend(be):
+            D, d = ops.denoise_combine(*leaves, mode=mode, return_d=True)
+            ((D * gD.to(dt)).sum() + (d * gd.to(dt)).sum()).backward()
+        grads[dt] = [t.grad.to(torch.float64) for t in leaves]
+    for name, a, b in zip(("x", "F"), grads[torch.float32][:2], grads[torch.float64][:2]):
+        assert rel_err(a, b) < 1e-4, f"grad {name}: relative error {rel_err(a, b):.2e}"
+    for i in range(2):
+        a, b = grads[torch.float32][2][i].item(), grads[torch.float64][2][i].item()
+        assert abs(a - b) / abs(b) < 1e-4, f"σ = {sig[i].item()}: σ-gradient relative error {abs(a - b) / abs(b):.2e}"
 
 
 def test_sigma_guard(monkeypatch):

@@ -95,6 +95,28 @@ def _coeff_derivs(sig, sd, smin, IS_CM: tl.constexpr):
 
 
 @triton.jit
+def _derivative_coeffs(sig, sd, smin, IS_CM: tl.constexpr):
+    """(a, b, da, db) of d = (x − D)/σ = a·x − b·F and their σ-derivatives (reference.derivative_coefficients):
+    no 1 − c_skip by subtraction, no −dD/σ − (x − D)/σ² (both cancel in fp32 for σ ≪ sd)."""
+    sd2 = sd * sd
+    if IS_CM:
+        e = sig - smin
+        shift = smin
+    else:
+        e = sig
+        shift = 0.0
+    den = sig * sig + sd2
+    dm = e * e + sd2
+    s2 = sig * sig
+    r = 1.0 / tl.sqrt_rn(den)
+    a = e * e / (sig * dm)
+    b = e * sd * r / sig
+    da = e * ((sig + shift) * sd2 - e * e * e) / (s2 * dm * dm)
+    db = sd * (shift * den - e * s2) * r / (s2 * den)
+    return a, b, da, db
+
+
+@triton.jit
 def _offsets(total, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     return offs, offs < total
@@ -173,22 +195,20 @@ def _denoise_combine_bwd_kernel(gD_ptr, gd_ptr, x_ptr, f_ptr, sig_ptr, gx_ptr, g
     gD = tl.load(gD_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     gx = gD * c_skip
     gf = gD * c_out
+    a, b, da, db = _derivative_coeffs(sig, sd, smin, IS_CM)
     if HAS_GD:
         gd = tl.load(gd_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        inv = 1.0 / sig
-        gx += gd * (1.0 - c_skip) * inv
-        gf -= gd * c_out * inv
+        gx += gd * a
+        gf -= gd * b
     tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mask)
     tl.store(gf_ptr + offs, gf.to(gf_ptr.dtype.element_ty), mask=mask)
     if NEED_SIGMA:
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         f = tl.load(f_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         d_skip, d_out = _coeff_derivs(sig, sd, smin, IS_CM)
-        dD = d_skip * x + d_out * f
-        t = gD * dD
+        t = gD * (d_skip * x + d_out * f)
         if HAS_GD:
-            D = c_skip * x + c_out * f
-            t += gd * (-dD / sig - (x - D) / (sig * sig))
+            t += gd * (da * x - db * f)
         tl.store(part_ptr + tl.program_id(0), tl.sum(tl.where(mask, t, 0.0), axis=0))
 
 
