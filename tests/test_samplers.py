@@ -97,15 +97,21 @@ def test_heun_with_churn_reproduces_gaussian_data():
     _check_gaussian(out, "heun churn", bias=0.05)
 
 
-def algorithm2(F, noise, num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise, gen):
-    """EDM Algorithm 2 transcribed in fp64 (noise ε_i: the rng.py normals of the generator's successive seeds)."""
+def algorithm2(F, noise, num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S_max, S_noise, gen, clamp=None,
+               seen=None):
+    """EDM Algorithm 2 transcribed in fp64 (noise ε_i: the rng.py normals of the generator's successive seeds).
+    ``clamp``: E-BSRD's variant, every denoised estimate and the result clamped to [-clamp, clamp]; ``seen``: a
+    list that collects every denoised estimate before the clamp."""
     t = [(sigma_max ** (1 / rho) + i / (num_steps - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
          for i in range(num_steps)] + [0.0]
 
     def D(x, s):
         c_in = 1 / math.sqrt(s ** 2 + SD ** 2)
         f = F(x * c_in, torch.full((x.shape[0],), math.log(s) / 4, dtype=torch.float64)).double()
-        return SD ** 2 / (s ** 2 + SD ** 2) * x + s * SD / math.sqrt(s ** 2 + SD ** 2) * f
+        out = SD ** 2 / (s ** 2 + SD ** 2) * x + s * SD / math.sqrt(s ** 2 + SD ** 2) * f
+        if seen is not None:
+            seen.append(out)
+        return out if clamp is None else out.clamp(-clamp, clamp)
 
     x = noise.double() * t[0]
     for i in range(num_steps):
@@ -120,7 +126,7 @@ def algorithm2(F, noise, num_steps, sigma_min, sigma_max, rho, S_churn, S_min, S
         if t[i + 1] != 0:
             d2 = (x - D(x, t[i + 1])) / t[i + 1]
             x = x_hat + (t[i + 1] - t_hat) * (0.5 * d + 0.5 * d2)
-    return x
+    return x if clamp is None else x.clamp(-clamp, clamp)
 
 
 def test_heun_matches_algorithm2():
@@ -133,6 +139,55 @@ def test_heun_matches_algorithm2():
     want = algorithm2(net, noise, gen=torch.Generator().manual_seed(4), **kw)
     # the device schedule is float32 (karras_schedule), the transcription's fp64
     assert_rel_close(out, want, torch.float32, "Algorithm 2")
+
+
+HEUN_KW = dict(num_steps=12, sigma_min=0.002, sigma_max=20.0, rho=7.0, S_churn=8.0, S_min=0.05, S_max=5.0,
+               S_noise=1.003)
+
+
+def _wild_net(x_in, c):
+    """A network whose denoised estimates leave [-1, 1] (|D| up to ~1.5 at large σ, x itself beyond 1 late)."""
+    return torch.tanh(x_in) * 3.0 + 0.1 * c.view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
+def test_heun_clamp_is_e_bsrd_sampler(backend):
+    """clamp=True: every denoised estimate and the result clamped to [-1, 1] (E-BSRD's Heun sampler), checked
+    against the fp64 transcription of Algorithm 2 with the same clamps, with a network whose D leaves [-1, 1]."""
+    noise = torch.randn(3, 2, 5, 4, generator=torch.Generator().manual_seed(3))
+    with burstkern.backend(backend):
+        out = edm_heun_sampler(_wild_net, noise, generator=torch.Generator().manual_seed(4), sigma_data=SD,
+                               clamp=True, **HEUN_KW)
+        same = edm_heun_sampler(_wild_net, noise, generator=torch.Generator().manual_seed(4), sigma_data=SD,
+                                clamp=1.0, **HEUN_KW)
+    seen = []
+    want = algorithm2(_wild_net, noise, gen=torch.Generator().manual_seed(4), clamp=1.0, seen=seen, **HEUN_KW)
+    unclamped = algorithm2(_wild_net, noise, gen=torch.Generator().manual_seed(4), **HEUN_KW)
+    assert max(d.abs().max().item() for d in seen) > 1.2, "the test network must leave [-1, 1]"
+    assert (unclamped - want).abs().max().item() > 0.1, "clamping must matter for this network"
+    assert torch.equal(out, same)
+    assert out.abs().max().item() <= 1.0
+    assert_rel_close(out, want, torch.float32, "clamped Heun vs clamped Algorithm 2")
+
+
+@pytest.mark.parametrize("start", ["noise", "early"])
+def test_heun_clamp_off_is_the_edm_sampler(start):
+    """The default (clamp=None) is EDM's unclamped sampler, bit for bit the same as clamp=False and as the
+    sampler before the option existed (the fused Euler/Heun ops; the transcription of Algorithm 2 without
+    clamps): its output may leave [-1, 1]."""
+    noise = torch.randn(3, 2, 5, 4, generator=torch.Generator().manual_seed(3))
+    outs = []
+    for kw in ({}, {"clamp": None}, {"clamp": False}):
+        with burstkern.backend("reference"):
+            outs.append(edm_heun_sampler(_wild_net, noise, generator=torch.Generator().manual_seed(4),
+                                         sigma_data=SD, start=start, **HEUN_KW, **kw))
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    if start == "noise":
+        want = algorithm2(_wild_net, noise, gen=torch.Generator().manual_seed(4), **HEUN_KW)
+        assert_rel_close(outs[0], want, torch.float32, "unclamped Heun vs Algorithm 2")
+        assert outs[0].abs().max().item() > 1.0
+    with pytest.raises(ValueError, match="clamp must be None, a bool or a finite float > 0"):
+        edm_heun_sampler(_wild_net, noise, clamp=-1.0, **HEUN_KW)
 
 
 def test_heun_early_start():
