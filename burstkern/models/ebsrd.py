@@ -19,6 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from ..ops._common import ArgumentError, ArgumentTypeError, describe
 from ..profiling import nvtx_range
 from .baseline import demosaic_bilinear, merge_burst, upsample_true_phase
 from .encoder import BurstEncoder, InitialSRHead
@@ -63,6 +64,37 @@ _INT_RANGES = {"burst_size": (1, 64), "enc_ch": (1, 1024), "enc_blocks": (0, 64)
                "teacher_steps": (1, 10_000)}
 _FLOAT_RANGES = {"sigma_data": (1e-6, 1e3), "sigma_tau": (1e-8, 1e3), "teacher_sigma_min": (0.0, 1.0),
                  "cm_sigma_min": (0.0, 1.0)}
+
+
+TRAINING_API = ("burstkern.train: initial_loss (x_init, through EBSRD.initial, which is differentiable), "
+                "denoiser_loss (the teacher U-Net), teacher_distill_loss / consistency_loss (the student), or the "
+                "loops train_initial / train_denoiser / distill_student")
+NO_GRADIENT_MESSAGE = ("EBSRD.forward / one_step / teacher are inference entry points: the samplers run without "
+                       "autograd (torch.no_grad), so their output has no gradient to backpropagate. To train, use "
+                       "the differentiable losses of " + TRAINING_API + "; to run inference without this guard, "
+                       "call the model under torch.no_grad() or torch.inference_mode().")
+
+
+class _NoGradient(torch.autograd.Function):
+    """Identity on the sampled output whose backward raises :data:`NO_GRADIENT_MESSAGE`: ``.backward()`` through an
+    inference output says what to use instead of torch's "element 0 of tensors does not require grad"."""
+
+    @staticmethod
+    def forward(ctx, out, anchor):  # anchor: a tensor that requires grad, so the output joins the graph
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError(NO_GRADIENT_MESSAGE)
+
+
+def _tracing() -> bool:
+    """Under torch.jit / torch.compile / torch.export tracing or CUDA-graph capture (no data-dependent checks)."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 class CheckpointError(ValueError):
@@ -172,13 +204,69 @@ class EBSRD(nn.Module):
     def config_dict(self) -> dict:
         return asdict(self.config)
 
+    # -- input checks ---------------------------------------------------------------------------------------
+    def check_burst(self, burst, name: str = "burst") -> torch.Tensor:
+        """``burst`` as every entry point takes it, else :class:`burstkern.ArgumentError` (a ``ValueError`` and a
+        ``RuntimeError``; :class:`burstkern.ArgumentTypeError` for a non-tensor or non-float) naming the argument,
+        its shape and what was expected: a floating-point ``[B, T, 4, h, w]`` tensor (packed RGGB), B ≥ 1,
+        T ≥ 1, h and w ≥ 1 and divisible by the encoder's pyramid, every value finite.
+
+        The finiteness check is one reduction and a host sync; it is skipped under torch.jit / torch.compile /
+        torch.export tracing and CUDA-graph capture (what a NaN/Inf then gives depends on the backend's kernels).
+        A non-finite frame is refused rather than propagated because the backends disagree on it (a deformable
+        sampling position of NaN is all-NaN on CUDA, skipped as out of range by Triton, an index error in the
+        registration of ``init_base="merge"``): the error is the one result every backend gives.
+        """
+        if not isinstance(burst, torch.Tensor):
+            raise ArgumentTypeError(f"{name} must be a torch.Tensor [B, T, 4, h, w] (packed RGGB in [0, 1]), got "
+                                    f"{type(burst).__name__}")
+        if not burst.is_floating_point():
+            raise ArgumentTypeError(f"{name} must be a floating-point tensor [B, T, 4, h, w], got {describe(burst)}")
+        if burst.dim() != 5:
+            raise ArgumentError(f"{name} must be a 5-D tensor [B, T, 4, h, w] (batch, frames, packed RGGB, height, "
+                                f"width), got a {burst.dim()}-D tensor of shape {tuple(burst.shape)}")
+        b, t, c, h, w = burst.shape
+        if c != 4:
+            raise ArgumentError(f"{name} must have 4 channels (packed RGGB) in dim 2 of [B, T, 4, h, w], got shape "
+                                f"{tuple(burst.shape)}")
+        if b == 0:
+            raise ArgumentError(f"{name} has batch size B = 0 (shape {tuple(burst.shape)}); expected B >= 1")
+        if t == 0:
+            raise ArgumentError(f"{name} has T = 0 frames (shape {tuple(burst.shape)}); expected T >= 1 (frame 0 "
+                                f"is the reference)")
+        div = 2 ** (self.config.levels - 1)
+        if h == 0 or w == 0 or h % div or w % div:
+            raise ArgumentError(f"{name} height and width must be >= {div} and divisible by {div} (the encoder's "
+                                f"{self.config.levels} pyramid levels), got h x w = {h}x{w} (shape "
+                                f"{tuple(burst.shape)})")
+        if not _tracing() and burst.device.type != "meta":
+            finite = torch.isfinite(burst)
+            if not bool(finite.all()):
+                bad = (~finite).flatten(2).any(2).nonzero()[0].tolist()  # first (burst, frame) holding one
+                raise ArgumentError(f"{name} contains NaN or Inf in frame {bad[1]} of burst {bad[0]} (shape "
+                                    f"{tuple(burst.shape)}); expected finite values (packed RGGB in [0, 1])")
+        return burst
+
+    def _inference_output(self, out: torch.Tensor, burst: torch.Tensor) -> torch.Tensor:
+        """``out`` of a no-grad sampler; when autograd is on and a parameter (or the burst) requires grad, marked
+        so that ``.backward()`` through it raises :data:`NO_GRADIENT_MESSAGE` (naming the training API)."""
+        if not torch.is_grad_enabled() or _tracing():
+            return out
+        anchor = burst if burst.requires_grad else next((p for p in self.parameters() if p.requires_grad), None)
+        return out if anchor is None else _NoGradient.apply(out, anchor)
+
     # -- stages ---------------------------------------------------------------------------------------------
     def initial(self, burst: torch.Tensor):
-        """Burst ``[B, T, 4, h, w]`` in [0, 1] → (x_init in [-1, 1] ``[B, 3, 8h, 8w]``, condition features)."""
+        """Burst ``[B, T, 4, h, w]`` in [0, 1] → (x_init ``[B, 3, 8h, 8w]``, condition features).
+
+        x_init is about [-1, 1] (a residual over :meth:`base_image`, not clamped). Differentiable: this is the
+        stage ``burstkern.train.initial_loss`` trains. ``burst`` is checked by :meth:`check_burst`.
+        """
+        self.check_burst(burst)
         cond = self.encoder(burst)
         x_init = self.head(cond)
         if self.config.init_base != "none":
-            x_init = x_init + self.base_image(burst)
+            x_init = x_init + self._base_image(burst)
         return x_init, cond
 
     def base_image(self, burst: torch.Tensor) -> torch.Tensor:
@@ -186,6 +274,9 @@ class EBSRD(nn.Module):
         demosaiced bilinearly and upsampled bicubically at the true phase (the aligned single-frame baseline,
         :func:`burstkern.models.baseline.aligned_baseline`); ``"merge"``: all frames registered to frame 0 and
         averaged (:func:`burstkern.models.baseline.merge_burst`)."""
+        return self._base_image(self.check_burst(burst))
+
+    def _base_image(self, burst: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             if self.config.init_base == "merge":
                 base = merge_burst(burst, self.config.scale // 2, robustness=MERGE_ROBUSTNESS)
@@ -254,26 +345,48 @@ class EBSRD(nn.Module):
     def _raw(self, net: nn.Module, cond: torch.Tensor):
         return lambda x_in, c_noise: net(x_in, c_noise, cond)
 
-    def teacher(self, burst: torch.Tensor, num_steps: Optional[int] = None, generator=None, **sampler_kw):
-        """EDM Heun sampling from x_τ = x_init + σ_τ·ε (early-step start), as E-BSRD's teacher."""
+    def teacher(self, burst: torch.Tensor, num_steps: Optional[int] = None, generator=None, clamp=None,
+                **sampler_kw):
+        """EDM Heun sampling from x_τ = x_init + σ_τ·ε (early-step start), as E-BSRD's teacher.
+
+        ``clamp``: ``None`` (default) samples with EDM's unclamped Heun steps, so the result is in [-1, 1] only
+        approximately (it may overshoot slightly; convert with ``((x + 1) / 2).clamp(0, 1)``) — the sampler the
+        shipped weights' held-out teacher numbers were measured with and the one the student is distilled from.
+        ``True`` (or a float bound) is E-BSRD's sampler: every denoised estimate and the result clamped to
+        [-1, 1]. See :func:`burstkern.models.samplers.edm_heun_sampler`; ``sampler_kw`` go to it as well.
+        """
         cfg = self.config
         x_init, cond = self.initial(burst)
         with nvtx_range("sample"):
             steps = cfg.teacher_steps if num_steps is None else num_steps  # 0 is an error, not "the default"
-            return edm_heun_sampler(self._raw(self.denoiser, cond), x_init, num_steps=steps,
-                                    sigma_min=cfg.teacher_sigma_min, sigma_max=cfg.sigma_tau, start="early",
-                                    sigma_data=cfg.sigma_data, generator=generator, **sampler_kw)
+            out = edm_heun_sampler(self._raw(self.denoiser, cond), x_init, num_steps=steps,
+                                   sigma_min=cfg.teacher_sigma_min, sigma_max=cfg.sigma_tau, start="early",
+                                   sigma_data=cfg.sigma_data, generator=generator, clamp=clamp, **sampler_kw)
+        return self._inference_output(out, burst)
 
     def one_step(self, burst: torch.Tensor, generator=None, sigmas=None) -> torch.Tensor:
-        """The consistency student: ``clamp(f(x_init + σ_τ·ε, σ_τ), −1, 1)`` (multistep with more ``sigmas``)."""
+        """The consistency student: ``clamp(f(x_init + σ_τ·ε, σ_τ), −1, 1)`` (multistep with more ``sigmas``).
+
+        Inference only, like :meth:`forward` and :meth:`teacher`: the sampler runs without autograd, and
+        ``.backward()`` through the output raises an error naming the training losses of ``burstkern.train``.
+        """
         cfg = self.config
         net = self.student if self.student is not None else self.denoiser
         x_init, cond = self.initial(burst)
         with nvtx_range("sample"):
-            return consistency_sample(self._raw(net, cond), x_init, sigmas=sigmas or (cfg.sigma_tau,),
-                                      sigma_min=cfg.cm_sigma_min, sigma_data=cfg.sigma_data, clamp=1.0,
-                                      generator=generator)
+            out = consistency_sample(self._raw(net, cond), x_init, sigmas=sigmas or (cfg.sigma_tau,),
+                                     sigma_min=cfg.cm_sigma_min, sigma_data=cfg.sigma_data, clamp=1.0,
+                                     generator=generator)
+        return self._inference_output(out, burst)
 
     def forward(self, burst: torch.Tensor, generator=None) -> torch.Tensor:
-        """One-step SR: RGB in [0, 1], ``[B, 3, 8h, 8w]``."""
+        """One-step SR: RGB in [0, 1], ``[B, 3, 8h, 8w]``, from a burst ``[B, T, 4, h, w]`` in [0, 1].
+
+        Inference: the one-step sampler runs without autograd (run it under ``torch.no_grad()`` or
+        ``torch.inference_mode()``). With autograd on and parameters that require grad, ``model(burst).backward()``
+        raises a ``RuntimeError`` saying so and naming the differentiable training API (``burstkern.train``:
+        ``initial_loss``, ``denoiser_loss``, ``teacher_distill_loss``, ``consistency_loss``). A bad burst (wrong
+        rank or channels, B, T, h or w of 0, NaN/Inf) raises :class:`burstkern.ArgumentError`
+        (:meth:`check_burst`).
+        """
         return (self.one_step(burst, generator=generator) + 1) / 2
