@@ -27,6 +27,8 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "common/serial_blas.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -163,19 +165,24 @@ struct Sten {
   A *hx, *lx, *hy, *ly;   // coefficients of the offset derivatives (backward only)
 };
 
+// Storage of `count` stencils of up to pb pixels each, every one padded to a multiple of kLanes pixels so that the
+// vector loop of stencil() may run whole vectors past pb (its lanes beyond pb are never read).
+constexpr int64_t kLanes = 16;
+
 template <typename A>
 struct StenStore {
   std::vector<int64_t> idx;
   std::vector<A> v, scratch;
-  int64_t n = 0;
+  int64_t n = 0, stride = 0;
   void reset(int64_t count, int64_t pb) {
-    n = count;
-    idx.assign(static_cast<size_t>(count), 0);
-    v.assign(static_cast<size_t>(count * 9), A(0));
-    scratch.assign(static_cast<size_t>(3 * pb), A(0));
+    stride = (pb + kLanes - 1) / kLanes * kLanes;
+    n = count * stride;
+    idx.assign(static_cast<size_t>(n), 0);
+    v.assign(static_cast<size_t>(n * 9), A(0));
+    scratch.assign(static_cast<size_t>(3 * stride), A(0));
   }
-  Sten<A> at(int64_t k, int64_t pb) {
-    const int64_t o = k * pb;
+  Sten<A> at(int64_t k) {
+    const int64_t o = k * stride;
     A* b = v.data();
     return {idx.data() + o, b + o, b + n + o, b + 2 * n + o, b + 3 * n + o, b + 4 * n + o,
             b + 5 * n + o, b + 6 * n + o, b + 7 * n + o, b + 8 * n + o};
@@ -191,6 +198,58 @@ struct Src {  // a 4-D tensor's data and strides, sample n
 template <typename T>
 inline Src<T> src_of(const at::Tensor& t) {
   return {t.const_data_ptr<T>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
+}
+
+// The fp32 stencil loop in GCC vector types, 16 pixels a step (compiled to the TU's widest registers: one zmm, two
+// ymm or four xmm), the same arithmetic as the scalar loop in stencil() below, which GCC does not vectorise (the
+// int64 corner index). floor() of the clamped coordinate (in [-1, max(H, W))) is its truncation minus one where the
+// truncation lies above it. Needs (H+3)(W+2) < 2^31 (the pixel index in int32 lanes); stencil() checks.
+typedef float vf16 __attribute__((vector_size(64)));
+typedef int32_t vi16 __attribute__((vector_size(64)));
+typedef int64_t vl16 __attribute__((vector_size(128)));
+
+template <bool BWD>
+inline void stencil_vec(const Geo& g, const float* pyb, const float* pxb, const float* mb, int64_t pb,
+                        const Sten<float>& s) {
+  const vf16 Hf = vf16{} + static_cast<float>(g.H), Wf = vf16{} + static_cast<float>(g.W);
+  const vf16 one = vf16{} + 1.f, neg1 = vf16{} - 1.f, zerof = vf16{};
+  const vf16 nan = vf16{} + std::numeric_limits<float>::quiet_NaN();
+  const vi16 Wp = vi16{} + static_cast<int32_t>(g.Wp), zero_pix = vi16{} + static_cast<int32_t>((g.H + 1) * g.Wp);
+  const vl16 C = vl16{} + g.Cin;
+  for (int64_t k = 0; k < pb; k += kLanes) {
+    vf16 py, px, m;
+    std::memcpy(&py, pyb + k, sizeof py);
+    std::memcpy(&px, pxb + k, sizeof px);
+    std::memcpy(&m, mb + k, sizeof m);
+    const vi16 real = (py >= neg1) & (py < Hf) & (px >= neg1) & (px < Wf);
+    const vf16 pyc = real ? py : zerof, pxc = real ? px : zerof;
+    const vi16 ty = __builtin_convertvector(pyc, vi16), tx = __builtin_convertvector(pxc, vi16);
+    const vi16 y0 = ty + (__builtin_convertvector(ty, vf16) > pyc);  // comparison lanes are -1 / 0
+    const vi16 x0 = tx + (__builtin_convertvector(tx, vf16) > pxc);
+    const vf16 ly = pyc - __builtin_convertvector(y0, vf16), lx = pxc - __builtin_convertvector(x0, vf16);
+    const vf16 hy = one - ly, hx = one - lx;
+    const vi16 zero = (py <= neg1) | (py >= Hf) | (px <= neg1) | (px >= Wf);
+    const vf16 fill = zero ? zerof : nan;
+    const vi16 pix = real ? (y0 + 1) * Wp + (x0 + 1) : zero_pix;
+    const vl16 e = __builtin_convertvector(pix, vl16) * C;
+    const vf16 w00 = real ? hy * hx : fill, w01 = real ? hy * lx : fill;
+    const vf16 w10 = real ? ly * hx : fill, w11 = real ? ly * lx : fill;
+    std::memcpy(s.idx + k, &e, sizeof e);
+    std::memcpy(s.w00 + k, &w00, sizeof w00);
+    std::memcpy(s.w01 + k, &w01, sizeof w01);
+    std::memcpy(s.w10 + k, &w10, sizeof w10);
+    std::memcpy(s.w11 + k, &w11, sizeof w11);
+    std::memcpy(s.m + k, &m, sizeof m);
+    if constexpr (BWD) {
+      // outside: 0, or NaN where the coordinate is not finite (x - x is NaN exactly for +-inf / NaN)
+      const vf16 fx = ((px - px) == zerof) ? zerof : nan, fy = ((py - py) == zerof) ? zerof : nan;
+      const vf16 hxo = real ? hx : fx, lxo = real ? lx : fx, hyo = real ? hy : fy, lyo = real ? ly : fy;
+      std::memcpy(s.hx + k, &hxo, sizeof hxo);
+      std::memcpy(s.lx + k, &lxo, sizeof lxo);
+      std::memcpy(s.hy + k, &hyo, sizeof hyo);
+      std::memcpy(s.ly + k, &lyo, sizeof lyo);
+    }
+  }
 }
 
 // Stencil of pixels [p0, p0 + pb) for offset group o, tap `tap`: the sample points are gathered into contiguous
@@ -239,6 +298,12 @@ void stencil(const Geo& g, const Src<T>& off, const Src<T>* msk, int64_t n, int6
   const A nan = std::numeric_limits<A>::quiet_NaN();
   const int64_t zero_idx = (g.H + 1) * g.Wp * g.Cin;
   const int64_t C = g.Cin, WpC = g.Wp * g.Cin;
+  if constexpr (std::is_same_v<A, float>) {
+    if (g.Hp * g.Wp < (int64_t(1) << 31)) {
+      stencil_vec<BWD>(g, pyb, pxb, mb, pb, s);
+      return;
+    }
+  }
   int64_t* __restrict idx = s.idx;
   A* __restrict w00 = s.w00;
   A* __restrict w01 = s.w01;
@@ -331,6 +396,41 @@ void sample(const Geo& g, const A* xp, const Sten<A>& s, const Run* runs, int64_
       const A* x0 = src0 + s.idx[q];
       const A* x1 = x0 + WpC;
       A* dst = dst0 + q * g.KC;
+      int64_t ch = 0;
+      for (; ch + 16 <= len; ch += 16) lerp_chunk<A, 16>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
+      if (ch + 8 <= len) {
+        lerp_chunk<A, 8>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
+        ch += 8;
+      }
+      if (ch + 4 <= len) {
+        lerp_chunk<A, 4>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
+        ch += 4;
+      }
+      if (ch < len) lerp_tail<A>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d, len - ch);
+    }
+  }
+}
+
+// Modulated columns of one tap for the block, every offset group at once: pixel by pixel, so each pixel's columns
+// of the tap (a contiguous span when groups == 1) are written in one go instead of one offset group's slice per pass
+// over the block; st.at(o) holds offset group o's stencil of this tap.
+template <typename A>
+void sample_tap(const Geo& g, const A* xp, StenStore<A>& st, const Run* runs, int64_t nruns, int64_t tap, int64_t pb,
+                A* colT) {
+  const int64_t C = g.Cin, WpC = g.Wp * g.Cin;
+  std::vector<Sten<A>> sv(static_cast<size_t>(g.og));
+  for (int64_t o = 0; o < g.og; ++o) sv[static_cast<size_t>(o)] = st.at(o);
+  for (int64_t q = 0; q < pb; ++q) {
+    A* dstq = colT + q * g.KC + tap * g.cin_g;
+    for (int64_t r = 0; r < nruns; ++r) {
+      const Run& run = runs[r];
+      const Sten<A>& s = sv[static_cast<size_t>(run.og)];
+      const int64_t len = run.len;
+      const A m = s.m[q];
+      const A a = m * s.w00[q], b = m * s.w01[q], c = m * s.w10[q], d = m * s.w11[q];
+      const A* x0 = xp + run.c0 + s.idx[q];
+      const A* x1 = x0 + WpC;
+      A* dst = dstq + run.col;
       int64_t ch = 0;
       for (; ch + 16 <= len; ch += 16) lerp_chunk<A, 16>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
       if (ch + 8 <= len) {
@@ -473,10 +573,6 @@ void forward_impl(const Geo& g, const at::Tensor& input, const at::Tensor& offse
                   const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& mask, at::Tensor& y) {
   using A = acc_t<T>;
   const std::vector<Run> runs = make_runs(g);
-  std::vector<int64_t> run_start(static_cast<size_t>(g.og + 1), 0);  // runs of offset group o: [start[o], start[o+1])
-  for (size_t r = 0; r < runs.size(); ++r) run_start[static_cast<size_t>(runs[r].og + 1)] = static_cast<int64_t>(r + 1);
-  for (int64_t o = 1; o <= g.og; ++o)
-    run_start[static_cast<size_t>(o)] = std::max(run_start[static_cast<size_t>(o)], run_start[static_cast<size_t>(o - 1)]);
   std::vector<A> wm = weight_matrix<T, A>(g, weight);
   std::vector<A> bv(static_cast<size_t>(g.Cout), A(0));
   if (bias.has_value()) {
@@ -489,8 +585,12 @@ void forward_impl(const Geo& g, const at::Tensor& input, const at::Tensor& offse
   T* yp = y.mutable_data_ptr<T>();
   const int64_t ysn = y.stride(0), ysc = y.stride(1), ysh = y.stride(2), ysw = y.stride(3);
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value);
+  // y is ours (forward() allocates it): its pixels are one stride apart (ysh == Wo * ysw), so in the math dtype
+  // the GEMM can write it directly
+  const bool direct = std::is_same_v<T, A> && ysh == g.Wo * ysw;
 
   at::parallel_for(0, g.N * g.S, 1, [&](int64_t ub, int64_t ue) {
+    SerialBlas serial_blas;
     at::Tensor xp_t = at::empty({g.Hp * g.Wp * g.Cin}, opts);
     at::Tensor col_t = at::empty({g.Pb * g.KC}, opts);
     at::Tensor ob_t = at::empty({g.Pb * g.Cout}, opts);
@@ -498,7 +598,7 @@ void forward_impl(const Geo& g, const at::Tensor& input, const at::Tensor& offse
     A* colT = col_t.mutable_data_ptr<A>();
     A* ob = ob_t.mutable_data_ptr<A>();
     StenStore<A> st;
-    st.reset(g.Pb, g.Pb);
+    st.reset(g.og, g.Pb);
     int64_t cached = -1;
     for (int64_t u = ub; u < ue; ++u) {
       const int64_t n = u / g.S, s = u % g.S;
@@ -510,14 +610,30 @@ void forward_impl(const Geo& g, const at::Tensor& input, const at::Tensor& offse
       slot_blocks<A>(g, s, &b0, &b1);
       for (int64_t blk = b0; blk < b1; ++blk) {
         const int64_t p0 = blk * g.Pb, pb = std::min(g.Pb, g.P - p0);
-        for (int64_t o = 0; o < g.og; ++o) {
-          const Run* rr = runs.data() + run_start[static_cast<size_t>(o)];
-          const int64_t nr = run_start[static_cast<size_t>(o + 1)] - run_start[static_cast<size_t>(o)];
-          for (int64_t tap = 0; tap < g.K; ++tap) {
-            const Sten<A> sv = st.at(0, pb);
-            stencil<T, A, false>(g, os, ms ? &*ms : nullptr, n, o, tap, p0, pb, sv, st.scratch.data());
-            sample<A>(g, xp, sv, rr, nr, tap, pb, colT);
+        for (int64_t tap = 0; tap < g.K; ++tap) {
+          for (int64_t o = 0; o < g.og; ++o)
+            stencil<T, A, false>(g, os, ms ? &*ms : nullptr, n, o, tap, p0, pb, st.at(o), st.scratch.data());
+          sample_tap<A>(g, xp, st, runs.data(), static_cast<int64_t>(runs.size()), tap, pb, colT);
+        }
+        T* yn = yp + n * ysn;
+        if (direct) {
+          // the GEMM writes the block's outputs in place: rows (cl) or columns (NCHW) p0.. of sample n, bias added
+          // by the GEMM (beta = 1 over a broadcast view)
+          for (int64_t gr = 0; gr < g.groups; ++gr) {
+            A* wg = wm.data() + gr * g.cout_g * g.KCg;
+            A* yg = reinterpret_cast<A*>(yn) + gr * g.cout_g * ysc + p0 * ysw;
+            at::Tensor out = cl ? mat(yg, pb, g.cout_g, ysw, 1) : mat(yg, g.cout_g, pb, ysc, 1);
+            at::Tensor lhs = cl ? mat(colT + gr * g.KCg, pb, g.KCg, g.KC, 1) : mat(wg, g.cout_g, g.KCg, g.KCg, 1);
+            at::Tensor rhs = cl ? mat(wg, g.KCg, g.cout_g, 1, g.KCg) : mat(colT + gr * g.KCg, g.KCg, pb, 1, g.KC);
+            if (bias.has_value()) {
+              A* bg = bv.data() + gr * g.cout_g;
+              at::Tensor b = cl ? mat(bg, pb, g.cout_g, 0, 1) : mat(bg, g.cout_g, pb, 1, 0);
+              at::addmm_out(out, b, lhs, rhs);
+            } else {
+              at::mm_out(out, lhs, rhs);
+            }
           }
+          continue;
         }
         for (int64_t gr = 0; gr < g.groups; ++gr) {
           A* wg = wm.data() + gr * g.cout_g * g.KCg;
@@ -529,7 +645,6 @@ void forward_impl(const Geo& g, const at::Tensor& input, const at::Tensor& offse
             at::mm_out(out, mat(wg, g.cout_g, g.KCg, g.KCg, 1), mat(colT + gr * g.KCg, g.KCg, pb, 1, g.KC));
           }
         }
-        T* yn = yp + n * ysn;
         int64_t ho = p0 / g.Wo, wo = p0 % g.Wo;
         for (int64_t q = 0; q < pb; ++q) {
           T* yq = yn + ho * ysh + wo * ysw;
@@ -623,6 +738,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
       std::fill(gw_part.begin(), gw_part.end(), A(0));
       std::fill(gb_part.begin(), gb_part.end(), A(0));
       at::parallel_for(w0, w0 + wn, 1, [&](int64_t ub, int64_t ue) {
+        SerialBlas serial_blas;
         at::Tensor xp_t = at::empty({plane}, opts);
         at::Tensor col_t = at::empty({g.Pb * g.KC}, opts);
         at::Tensor gcol_t = at::empty({g.Pb * g.KC}, opts);
@@ -633,7 +749,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
         A* gcolT = gcol_t.mutable_data_ptr<A>();
         A* gob = gob_t.mutable_data_ptr<A>();
         StenStore<A> st;
-        st.reset(g.og * g.K * g.Pb, g.Pb);
+        st.reset(g.og * g.K, g.Pb);
         int64_t cached = -1;
         for (int64_t u = ub; u < ue; ++u) {
           const int64_t n = u / g.S, s = u % g.S;
@@ -672,7 +788,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
               const Run* rr = runs.data() + run_start[static_cast<size_t>(o)];
               const int64_t nr = run_start[static_cast<size_t>(o + 1)] - run_start[static_cast<size_t>(o)];
               for (int64_t tap = 0; tap < g.K; ++tap) {
-                const Sten<A> sv = st.at(o * g.K + tap, pb);
+                const Sten<A> sv = st.at(o * g.K + tap);
                 stencil<T, A, true>(g, os, ms ? &*ms : nullptr, n, o, tap, p0, pb, sv, st.scratch.data());
                 sample<A>(g, xp, sv, rr, nr, tap, pb, colT);
               }
@@ -691,7 +807,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
               const Run* rr = runs.data() + run_start[static_cast<size_t>(o)];
               const int64_t nr = run_start[static_cast<size_t>(o + 1)] - run_start[static_cast<size_t>(o)];
               for (int64_t tap = 0; tap < g.K; ++tap) {
-                const Sten<A> sv = st.at(o * g.K + tap, pb);
+                const Sten<A> sv = st.at(o * g.K + tap);
                 sample_backward<T, A>(g, xp, ga, sv, rr, nr, o, tap, n, p0, pb, gcolT, goffp, sgo, gmp, sgm);
               }
             }
