@@ -96,38 +96,70 @@ def _sample(img: Tensor, gy: Tensor, gx: Tensor, mode: str = "bicubic") -> Tuple
     return out, valid.to(img.dtype)
 
 
+def _lerp_index(pos: Tensor, n: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """Linear-interpolation taps of pixel positions ``pos`` on an axis of ``n`` pixels, clamped to [0, n-1] as
+    grid_sample's border padding does: (lower index, upper index, weight of the upper)."""
+    p = pos.clamp(0.0, n - 1)
+    lo = p.floor()
+    return lo.long(), (lo.long() + 1).clamp_max(n - 1), p - lo
+
+
+def _shift_errors(mov: Tensor, ref: Tensor, cy: Tensor, cx: Tensor, min_overlap: float) -> Tensor:
+    """Mean squared difference over the overlap between ``ref`` and ``mov`` shifted by every candidate (dy, dx) of
+    the grid ``cy`` x ``cx``: ``mov``, ``ref`` ``[n, h, w]``; ``cy`` ``[n, Ky]``, ``cx`` ``[n, Kx]`` in pixels;
+    returns ``[n, Ky * Kx]`` (row-major in (dy, dx)), inf where the overlap is below ``min_overlap``.
+
+    The shifted frame is bilinear and separable: interpolated along x once per dx, then along y per dy, so the
+    search costs two lerps per candidate pixel (no grid of coordinates, no copy of the frame per candidate), one
+    dy row of candidates at a time (memory: Kx frames)."""
+    n, h, w = mov.shape
+    ys = torch.arange(h, dtype=mov.dtype, device=mov.device)
+    xs = torch.arange(w, dtype=mov.dtype, device=mov.device)
+    gx = xs[None, None, :] + cx[..., None]                                     # [n, Kx, w]
+    gy = ys[None, None, :] + cy[..., None]                                     # [n, Ky, h]
+    vx = ((gx >= 0) & (gx <= w - 1)).to(mov.dtype)
+    vy = ((gy >= 0) & (gy <= h - 1)).to(mov.dtype)
+    x0, x1, ax = _lerp_index(gx, w)
+    kx = cx.shape[1]
+    rows = mov[:, None].expand(n, kx, h, w)
+    a = rows.gather(3, x0[:, :, None, :].expand(n, kx, h, w))
+    xl = a + ax[:, :, None, :] * (rows.gather(3, x1[:, :, None, :].expand(n, kx, h, w)) - a)  # [n, Kx, h, w]
+    y0, y1, ay = _lerp_index(gy, h)
+    errs = []
+    for j in range(cy.shape[1]):
+        top = xl.index_select(2, y0[0, j]) if n == 1 else xl.gather(2, y0[:, j][:, None, :, None].expand(n, kx, h, w))
+        bot = xl.index_select(2, y1[0, j]) if n == 1 else xl.gather(2, y1[:, j][:, None, :, None].expand(n, kx, h, w))
+        v = top + ay[:, j][:, None, :, None] * (bot - top)
+        d = (v - ref[:, None]).square_().mul_(vy[:, j][:, None, :, None]).mul_(vx[:, :, None, :])
+        errs.append(d.sum((2, 3)))                                             # [n, Kx]
+    err = torch.stack(errs, 1)                                                 # [n, Ky, Kx]
+    cnt = vy.sum(-1)[:, :, None] * vx.sum(-1)[:, None, :]
+    err = torch.where(cnt >= min_overlap * h * w, err / cnt.clamp_min(1.0), torch.full_like(err, float("inf")))
+    return err.reshape(n, -1)
+
+
 @torch.no_grad()
 def register_translations(lr: Tensor, max_shift: float = 8.0, fine_step: float = 0.125,
                           min_overlap: float = 0.25) -> Tensor:
     """Global translation of every frame relative to frame 0, by exhaustive search (integer, then ±1 px at
-    ``fine_step``) of the mean squared difference of the green channels over the overlap.
+    ``fine_step``) of the mean squared difference of the green channels over the overlap (bilinear shifts;
+    :func:`_shift_errors`).
 
     ``lr``: demosaiced frames ``[B, T, 3, H, W]``; returns ``[B, T, 2]`` (dy, dx) in LR pixels such that frame t at
     ``q + d_t`` shows what frame 0 shows at ``q`` (d_0 = 0)."""
     b, t, _, h, w = lr.shape
     g = lr[:, :, 1]                                                            # [B, T, H, W]
-    ref = g[:, :1].expand(b, t - 1, h, w).reshape(-1, 1, h, w)
-    mov = g[:, 1:].reshape(-1, 1, h, w)
+    ref = g[:, :1].expand(b, t - 1, h, w).reshape(-1, h, w)
+    mov = g[:, 1:].reshape(-1, h, w)
     n = mov.shape[0]
-    ys = torch.arange(h, dtype=lr.dtype, device=lr.device)
-    xs = torch.arange(w, dtype=lr.dtype, device=lr.device)
     best = torch.zeros(n, 2, dtype=lr.dtype, device=lr.device)
     m = int(min(max_shift, h - 2, w - 2))
     for offsets in (torch.arange(-m, m + 1, dtype=lr.dtype, device=lr.device),
                     torch.arange(-1.0, 1.0 + 1e-6, fine_step, dtype=lr.dtype, device=lr.device)):
         k = offsets.numel()
-        cand = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), -1).reshape(-1, 2)  # [K², 2]
-        d = best[:, None, :] + cand[None]                                       # [n, K², 2]
-        nk = d.shape[1]
-        gy = ys[None, None, :] + d[..., 0:1]                                   # [n, K², H]
-        gx = xs[None, None, :] + d[..., 1:2]
-        vals, valid = _sample(mov.repeat_interleave(nk, 0), gy.reshape(-1, h), gx.reshape(-1, w), mode="bilinear")
-        diff = (vals - ref.repeat_interleave(nk, 0)).square() * valid
-        cnt = valid.flatten(1).sum(1)
-        err = diff.flatten(1).sum(1) / cnt.clamp_min(1.0)
-        err = torch.where(cnt >= min_overlap * h * w, err, torch.full_like(err, float("inf"))).view(n, nk)
-        best = d[torch.arange(n, device=lr.device), err.argmin(1)]
-        del k
+        cy, cx = best[:, 0:1] + offsets[None], best[:, 1:2] + offsets[None]     # [n, K] each
+        idx = _shift_errors(mov, ref, cy, cx, min_overlap).argmin(1)           # row-major (dy, dx)
+        best = torch.stack((cy.gather(1, (idx // k)[:, None])[:, 0], cx.gather(1, (idx % k)[:, None])[:, 0]), 1)
     out = torch.zeros(b, t, 2, dtype=lr.dtype, device=lr.device)
     out[:, 1:] = best.view(b, t - 1, 2)
     return out
