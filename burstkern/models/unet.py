@@ -110,16 +110,30 @@ class SFTUNet(nn.Module):
         with nvtx_range("denoise"):
             c_noise = c_noise.reshape(-1).expand(x_in.shape[0])
             emb = self.emb(timestep_features(c_noise, self.ch).to(x_in.dtype))
-            h = self.conv_in(x_in)
+            # channels_last through the trunk: oneDNN's CPU convolutions at these widths (16-96 channels) run
+            # 1.4-2.2x faster in NHWC than in NCHW (measured at 384², one core), and every op here keeps the layout
+            fmt = torch.channels_last if x_in.device.type == "cpu" else torch.contiguous_format
+            h = self.conv_in(x_in.contiguous(memory_format=fmt))
+            # the condition resized to each level once, not once per SPADE norm (SPADEGroupNorm skips equal sizes)
+            sized = {}
+
+            def cond_at(t):
+                size = tuple(t.shape[-2:])
+                if size not in sized:
+                    c = cond if tuple(cond.shape[-2:]) == size else SPADEGroupNorm.resize(cond, list(size))
+                    sized[size] = c.contiguous(memory_format=fmt)
+                return sized[size]
+
             hs = [h]
             for layer in self.down:
-                h = layer(h, emb, cond) if isinstance(layer, SFTResBlock) else layer(h)
+                h = layer(h, emb, cond_at(h)) if isinstance(layer, SFTResBlock) else layer(h)
                 hs.append(h)
             for layer in self.mid:
-                h = layer(h, emb, cond)
+                h = layer(h, emb, cond_at(h))
             for layer in self.up:
                 if isinstance(layer, SFTResBlock):
-                    h = layer(torch.cat([h, hs.pop()], 1), emb, cond)
+                    h = torch.cat([h, hs.pop()], 1)
+                    h = layer(h, emb, cond_at(h))
                 else:
                     h = layer(h)
-            return self.conv_out(F.silu(self.norm_out(h)))
+            return self.conv_out(F.silu(self.norm_out(h))).contiguous()

@@ -178,13 +178,17 @@ class SPADEGroupNorm(nn.Module):
         self.mlp_shared = nn.Sequential(nn.Conv2d(cond_channels, hidden_channels, 3, padding=1), nn.ReLU())
         self.mlp_gamma_beta = nn.Conv2d(hidden_channels, 2 * channels, 3, padding=1)
 
+    @staticmethod
+    def resize(cond: Tensor, size: List[int]) -> Tensor:
+        """The condition at ``size`` ``[H, W]``: bicubic, as BSRD resizes it for each U-Net level."""
+        if torch.jit.is_tracing():  # ONNX export: a constant size keeps the graph's shapes static
+            size = [int(size[0]), int(size[1])]
+        return F.interpolate(cond, size=size, mode="bicubic", align_corners=False)
+
     def modulation(self, x: Tensor, cond: Tensor) -> Tensor:
         """The merged ``[N, 2C, H, W]`` gamma|beta for x (gamma first)."""
         if cond.shape[-2:] != x.shape[-2:]:
-            size = [x.shape[-2], x.shape[-1]]
-            if torch.jit.is_tracing():  # ONNX export: a constant size keeps the graph's shapes static
-                size = [int(size[0]), int(size[1])]
-            cond = F.interpolate(cond, size=size, mode="bicubic", align_corners=False)
+            cond = self.resize(cond, [x.shape[-2], x.shape[-1]])
         return self.mlp_gamma_beta(self.mlp_shared(cond))
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
