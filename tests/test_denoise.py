@@ -642,13 +642,10 @@ def test_sigma_gradient_is_accurate_in_fp32_for_large_sigma(mode, backend):
 
 @pytest.mark.parametrize("mode", ["edm", "cm"])
 @pytest.mark.parametrize("backend", ["reference"] + fused_backends(dn_op.OP_COMBINE_BWD, "cpu"))
-def test_gradients_of_d_are_accurate_in_fp32_for_small_sigma(mode, backend, request):
+def test_gradients_of_d_are_accurate_in_fp32_for_small_sigma(mode, backend):
     """d = (x − D)/σ = a·x − b·F: its σ-gradient written −dD/σ − (x − D)/σ², and 1 − c_skip by subtraction, cancel
     in fp32 for σ ≪ sd (σ-gradient 1e-3 relative at σ = 0.002, found by the long Hypothesis profile); the closed
     forms of reference.derivative_coefficients hold every gradient to 1e-4 of an fp64 evaluation."""
-    if backend == "native" and mode == "edm":  # csrc/denoise/element.cuh combine_backward: requested of the lead
-        request.applymarker(pytest.mark.xfail(reason="the compiled combine_backward still has the cancelling "
-                                                     "form (csrc/denoise/element.cuh)", strict=False))
     g = torch.Generator().manual_seed(0)
     x, F, gD, gd = (torch.randn(2, 3, 4, 4, generator=g).to(torch.float64) for _ in range(4))  # fp32-exact
     sig = torch.tensor([0.002, 0.01]).to(torch.float64)

@@ -270,18 +270,23 @@ std::tuple<Tensor, Tensor, Tensor> denoise_combine_backward(const Tensor& grad_D
                          : at::empty({0}, x.options());
   const bool cm = is_cm(mode);
   const std::vector<double> s = per_sample(sigma, L.N);
-  std::vector<double> cs(s.size()), co(s.size()), dcs(s.size()), dco(s.size());
+  std::vector<double> cs(s.size()), co(s.size()), ka(s.size()), kb(s.size()), dcs(s.size()), dco(s.size()),
+      kda(s.size()), kdb(s.size());
   const double sd2 = sd * sd;
   for (size_t n = 0; n < s.size(); ++n) {
-    const Coef c = coefficients(s[n], sd, smin, cm);
+    const double sg = s[n];
+    const Coef c = coefficients(sg, sd, smin, cm);
     cs[n] = c.skip;
     co[n] = c.out;
-    const double den = s[n] * s[n] + sd2;
-    const double r3 = 1.0 / (den * std::sqrt(den));
-    const double e = cm ? s[n] - smin : s[n];
-    const double dm = e * e + sd2;
+    const double den = sg * sg + sd2, r = 1.0 / std::sqrt(den), r3 = r / den;
+    const double e = cm ? sg - smin : sg, sh = cm ? smin : 0.0, dm = e * e + sd2, s2 = sg * sg;
     dcs[n] = -2.0 * e * sd2 / (dm * dm);
-    dco[n] = sd * (sd2 + (cm ? smin : 0.0) * s[n]) * r3;  // = sd·(den − e·σ)·r3, no cancellation for σ ≫ sd
+    dco[n] = sd * (sd2 + sh * sg) * r3;  // = sd·(den − e·σ)·r3, no cancellation for σ ≫ sd
+    // d = (x − D)/σ = a·x − b·F and its σ-derivatives in closed form (element.cuh d_coeffs)
+    ka[n] = e * e / (sg * dm);
+    kb[n] = e * sd * r / sg;
+    kda[n] = e * ((sg + sh) * sd2 - e * e * e) / (s2 * dm * dm);
+    kdb[n] = sd * (sh * den - e * s2) * r / (s2 * den);
   }
   Args a = base_args(L, kCombineBwd);
   a.in[0] = gD.const_data_ptr();
@@ -291,11 +296,8 @@ std::tuple<Tensor, Tensor, Tensor> denoise_combine_backward(const Tensor& grad_D
   a.out[0] = gx.data_ptr();
   a.out[1] = gF.data_ptr();
   a.has_d = has_gd;
-  a.ps[0] = cs.data();
-  a.ps[1] = co.data();
-  a.ps[2] = s.data();
-  a.ps[3] = dcs.data();
-  a.ps[4] = dco.data();
+  const std::vector<double>* kps[8] = {&cs, &co, &ka, &kb, &dcs, &dco, &kda, &kdb};
+  for (int k = 0; k < 8; ++k) a.ps[k] = kps[k]->data();
   std::vector<double> red(static_cast<size_t>(std::max<int64_t>(L.units(), 0)), 0.0);
   if (need_sigma) a.red = red.data();
   run(a, L.units());

@@ -13,7 +13,8 @@ enum Dt : int { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };
 
 enum Op : int {
   kCombine = 0,     // in: x, F            out: D, d?            ps: c_skip, c_out, σ, (1 − c_skip)/σ, −c_out/σ
-  kCombineBwd = 1,  // in: gD, gd?, x, F   out: gx, gF; red Σt   ps: c_skip, c_out, σ, dc_skip, dc_out
+  kCombineBwd = 1,  // in: gD, gd?, x, F   out: gx, gF; red Σt   ps: c_skip, c_out, a, b, dc_skip, dc_out, da, db
+                    //   (d = a·x − b·F, element.cuh d_coeffs)
   kEuler = 2,       // in: x, F            out: x_next, d        ps: (1 − c_skip)/σ, −c_out/σ, σ, σ_next
   kHeun = 3,        // in: x̂, d, x_n, F_n  out: out              ps: h1, h2, h3 (x̂ + h1·d + h2·x_n + h3·F_n), -, pos
   kAddNoise = 4,    // in: x, noise?       out: out              ps: scale
@@ -31,7 +32,7 @@ struct Args {
   int64_t C, HW;     // channels_last: for the logical (row-major) index of in-kernel noise
   const void* in[4];
   void* out[3];
-  const double* ps[5];  // per-sample scalars [N]
+  const double* ps[8];  // per-sample scalars [N]
   bool has_d, has_noise, has_next, has_clamp, draw;  // draw: in-kernel noise from seed
   int64_t seed;
   double clamp;

@@ -193,7 +193,7 @@ void run_units(const Args& a, int64_t u0, int64_t u1) {
           break;
         }
         case kCombineBwd: {
-          const A cs = ps(0), co = ps(1), s = ps(2), dcs = ps(3), dco = ps(4);
+          const A cs = ps(0), co = ps(1), ka = ps(2), kb = ps(3), dcs = ps(4), dco = ps(5), kda = ps(6), kdb = ps(7);
           const A* gD = src(in0 + f, m, b0);
           const A* x = src(in2 + f, m, b2);
           const A* F = src(in3 + f, m, b3);
@@ -202,16 +202,13 @@ void run_units(const Args& a, int64_t u0, int64_t u1) {
           if (a.has_d) {
             const A* gd = src(in1 + f, m, b1);
             for (int64_t i = 0; i < m; ++i) {
-              gx[i] = gD[i] * cs + gd[i] * (A(1) - cs) / s;
-              gF[i] = gD[i] * co - gd[i] * co / s;
+              gx[i] = gD[i] * cs + gd[i] * ka;
+              gF[i] = gD[i] * co - gd[i] * kb;
             }
             if (a.red != nullptr) {
               A* t = o2;
-              for (int64_t i = 0; i < m; ++i) {
-                const A dD = dcs * x[i] + dco * F[i];
-                const A D = cs * x[i] + co * F[i];
-                t[i] = gD[i] * dD + gd[i] * (-dD / s - (x[i] - D) / (s * s));
-              }
+              for (int64_t i = 0; i < m; ++i)
+                t[i] = gD[i] * (dcs * x[i] + dco * F[i]) + gd[i] * (kda * x[i] - kdb * F[i]);
               lane_add(acc, t, m);
             }
           } else {
