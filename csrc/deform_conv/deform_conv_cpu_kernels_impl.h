@@ -232,8 +232,10 @@ inline void stencil_vec(const Geo& g, const float* pyb, const float* pxb, const 
     const vf16 fill = zero ? zerof : nan;
     const vi16 pix = real ? (y0 + 1) * Wp + (x0 + 1) : zero_pix;
     const vl16 e = __builtin_convertvector(pix, vl16) * C;
-    const vf16 w00 = real ? hy * hx : fill, w01 = real ? hy * lx : fill;
-    const vf16 w10 = real ? ly * hx : fill, w11 = real ? ly * lx : fill;
+    // forward: the weights come premultiplied by the mask (the columns are mask * value); backward keeps them apart
+    const vf16 wm = BWD ? one : m;
+    const vf16 w00 = (real ? hy * hx : fill) * wm, w01 = (real ? hy * lx : fill) * wm;
+    const vf16 w10 = (real ? ly * hx : fill) * wm, w11 = (real ? ly * lx : fill) * wm;
     std::memcpy(s.idx + k, &e, sizeof e);
     std::memcpy(s.w00 + k, &w00, sizeof w00);
     std::memcpy(s.w01 + k, &w01, sizeof w01);
@@ -322,10 +324,11 @@ void stencil(const Geo& g, const Src<T>& off, const Src<T>* msk, int64_t n, int6
     const int64_t e = (static_cast<int64_t>(static_cast<int32_t>(y0)) + 1) * WpC +
                       (static_cast<int64_t>(static_cast<int32_t>(x0)) + 1) * C;
     idx[k] = real ? e : zero_idx;
-    w00[k] = real ? hy * hx : fill;
-    w01[k] = real ? hy * lx : fill;
-    w10[k] = real ? ly * hx : fill;
-    w11[k] = real ? ly * lx : fill;
+    const A wm = BWD ? A(1) : mb[k];  // forward: premultiplied by the mask, as in stencil_vec
+    w00[k] = (real ? hy * hx : fill) * wm;
+    w01[k] = (real ? hy * lx : fill) * wm;
+    w10[k] = (real ? ly * hx : fill) * wm;
+    w11[k] = (real ? ly * lx : fill) * wm;
     mm[k] = mb[k];
   }
   if constexpr (BWD) {
@@ -413,37 +416,53 @@ void sample(const Geo& g, const A* xp, const Sten<A>& s, const Run* runs, int64_
 
 // Modulated columns of one tap for the block, every offset group at once: pixel by pixel, so each pixel's columns
 // of the tap (a contiguous span when groups == 1) are written in one go instead of one offset group's slice per pass
-// over the block; st.at(o) holds offset group o's stencil of this tap.
-template <typename A>
-void sample_tap(const Geo& g, const A* xp, StenStore<A>& st, const Run* runs, int64_t nruns, int64_t tap, int64_t pb,
-                A* colT) {
+// over the block; st.at(o) holds offset group o's stencil of this tap, its weights premultiplied by the mask.
+// L > 0: every run is L channels long (compile-time inner loop); L == 0: any lengths.
+template <typename A, int L>
+void sample_tap_runs(const Geo& g, const A* xp, const Sten<A>* sv, const Run* runs, int64_t nruns, int64_t tap,
+                     int64_t pb, A* colT) {
   const int64_t C = g.Cin, WpC = g.Wp * g.Cin;
-  std::vector<Sten<A>> sv(static_cast<size_t>(g.og));
-  for (int64_t o = 0; o < g.og; ++o) sv[static_cast<size_t>(o)] = st.at(o);
   for (int64_t q = 0; q < pb; ++q) {
     A* dstq = colT + q * g.KC + tap * g.cin_g;
     for (int64_t r = 0; r < nruns; ++r) {
       const Run& run = runs[r];
-      const Sten<A>& s = sv[static_cast<size_t>(run.og)];
-      const int64_t len = run.len;
-      const A m = s.m[q];
-      const A a = m * s.w00[q], b = m * s.w01[q], c = m * s.w10[q], d = m * s.w11[q];
+      const Sten<A>& s = sv[run.og];
+      const A a = s.w00[q], b = s.w01[q], c = s.w10[q], d = s.w11[q];
       const A* x0 = xp + run.c0 + s.idx[q];
       const A* x1 = x0 + WpC;
       A* dst = dstq + run.col;
-      int64_t ch = 0;
-      for (; ch + 16 <= len; ch += 16) lerp_chunk<A, 16>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
-      if (ch + 8 <= len) {
-        lerp_chunk<A, 8>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
-        ch += 8;
+      if constexpr (L > 0) {
+        lerp_chunk<A, L>(dst, x0, x1, C, a, b, c, d);
+      } else {
+        const int64_t len = run.len;
+        int64_t ch = 0;
+        for (; ch + 16 <= len; ch += 16) lerp_chunk<A, 16>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
+        if (ch + 8 <= len) {
+          lerp_chunk<A, 8>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
+          ch += 8;
+        }
+        if (ch + 4 <= len) {
+          lerp_chunk<A, 4>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
+          ch += 4;
+        }
+        if (ch < len) lerp_tail<A>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d, len - ch);
       }
-      if (ch + 4 <= len) {
-        lerp_chunk<A, 4>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
-        ch += 4;
-      }
-      if (ch < len) lerp_tail<A>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d, len - ch);
     }
   }
+}
+
+template <typename A>
+void sample_tap(const Geo& g, const A* xp, StenStore<A>& st, const std::vector<Run>& runs, int64_t tap, int64_t pb,
+                A* colT) {
+  std::vector<Sten<A>> sv(static_cast<size_t>(g.og));
+  for (int64_t o = 0; o < g.og; ++o) sv[static_cast<size_t>(o)] = st.at(o);
+  const int64_t len = runs.front().len, nr = static_cast<int64_t>(runs.size());
+  bool uniform = true;
+  for (const Run& r : runs) uniform &= r.len == len;
+  if (uniform && len == 8) return sample_tap_runs<A, 8>(g, xp, sv.data(), runs.data(), nr, tap, pb, colT);
+  if (uniform && len == 16) return sample_tap_runs<A, 16>(g, xp, sv.data(), runs.data(), nr, tap, pb, colT);
+  if (uniform && len == 4) return sample_tap_runs<A, 4>(g, xp, sv.data(), runs.data(), nr, tap, pb, colT);
+  sample_tap_runs<A, 0>(g, xp, sv.data(), runs.data(), nr, tap, pb, colT);
 }
 
 // Backward of one (offset group, tap) for the block: grad offset / mask from the grad columns and the corner values,
@@ -613,7 +632,7 @@ void forward_impl(const Geo& g, const at::Tensor& input, const at::Tensor& offse
         for (int64_t tap = 0; tap < g.K; ++tap) {
           for (int64_t o = 0; o < g.og; ++o)
             stencil<T, A, false>(g, os, ms ? &*ms : nullptr, n, o, tap, p0, pb, st.at(o), st.scratch.data());
-          sample_tap<A>(g, xp, st, runs.data(), static_cast<int64_t>(runs.size()), tap, pb, colT);
+          sample_tap<A>(g, xp, st, runs, tap, pb, colT);
         }
         T* yn = yp + n * ysn;
         if (direct) {
