@@ -553,10 +553,15 @@ void pad_sample(const Geo& g, const Src<T>& x, int64_t n, A* xp) {
         for (int64_t c = 0; c < C; ++c) d[c] = static_cast<A>(px[c * x.sc]);
       }
     } else {
-      for (int64_t c = 0; c < C; ++c) {
-        const T* pc = xr + c * x.sc;
-        A* d = row + C + c;
-        for (int64_t w = 0; w < g.W; ++w) d[w * C] = static_cast<A>(pc[w * x.sw]);
+      // NCHW: 16 channels at a time, pixel by pixel, so the reads are 16 sequential streams (one per channel plane,
+      // each line reused for 16 pixels from L1) and the writes whole lines; a channel-by-channel loop reads 64
+      // streams 9 KB apart that the prefetcher does not follow (measured 2 ns per element, 3.6% of the forward)
+      for (int64_t c0 = 0; c0 < C; c0 += 16) {
+        const int64_t cn = std::min<int64_t>(16, C - c0);
+        const T* pc = xr + c0 * x.sc;
+        A* d = row + C + c0;
+        for (int64_t w = 0; w < g.W; ++w)
+          for (int64_t cc = 0; cc < cn; ++cc) d[w * C + cc] = static_cast<A>(pc[cc * x.sc + w * x.sw]);
       }
     }
   }
