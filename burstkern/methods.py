@@ -46,11 +46,10 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import sys
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -60,6 +59,7 @@ from .models.discriminator import TimeAwareDiscriminator
 from .models.dpir import DPIR
 from .models.ebsrd import EBSRD
 from .models.samplers import edm_heun_sampler
+from .train import _check_steps, _modes
 
 __all__ = ["train_tad", "tad_noise", "tad_prepare", "tad_generator_loss", "tad_discriminator_loss",
            "train_dpir_denoiser", "train_dpir_fusion", "dpir_sigmas", "dpir_denoiser_loss", "dpir_fusion_loss",
@@ -112,29 +112,6 @@ def cosine_lr(step: int, steps: int, lr: float, warmup: Optional[int] = None, fi
         return lr * (step + 1) / warmup
     t = (step - warmup) / max(1, steps - warmup)
     return lr * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t))))
-
-
-@contextlib.contextmanager
-def _modes(train: Iterable[nn.Module], frozen: Iterable[nn.Module]):
-    train, frozen = [m for m in train if m is not None], [m for m in frozen if m is not None]
-    saved = [(m, m.training, [p.requires_grad for p in m.parameters()]) for m in train + frozen]
-    try:
-        for m in frozen:
-            m.eval().requires_grad_(False)
-        for m in train:
-            m.train().requires_grad_(True)
-        yield
-    finally:
-        for m, training, grads in saved:
-            m.train(training)
-            for p, g in zip(m.parameters(), grads):
-                p.requires_grad_(g)
-
-
-def _check_steps(steps) -> int:
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-    return steps
 
 
 def _progress(name: str, steps: int, progress: bool):
@@ -398,30 +375,10 @@ def _simple_loop(name: str, params: List[nn.Parameter], steps: int, loss_fn: Cal
     return torch.stack(hist).cpu().tolist() if hist else []
 
 
-def train_dpir_denoiser(dpir: DPIR, loader, steps: int, *, lr: float = 5e-4, p_low: float = 0.5,
-                        grad_clip: Optional[float] = 1.0, seed: int = 0, device=None,
-                        progress: bool = True) -> List[float]:
-    """Train DP-IR's unconditional denoiser on the loader's clean ground truths (its bursts are ignored)."""
-    steps = _check_steps(steps)
-    device = torch.device(device) if device is not None else next(dpir.parameters()).device
-    torch.manual_seed(seed)
-    data = _batch_source(loader, device)
-
-    def loss_fn(step):
-        _, y = data(step)
-        g = _step_generator(seed, step, device)
-        sigma = dpir_sigmas(y.shape[0], g, device, dpir.config.sigma_min, dpir.sigma_tau, p_low)
-        return dpir_denoiser_loss(dpir, y, sigma, torch.randn(y.shape, generator=g, device=device))
-
-    with _modes([dpir.denoiser], [dpir.ir, dpir.fusion]):
-        return _simple_loop("dpir-denoiser", list(dpir.denoiser.parameters()), steps, loss_fn, lr, grad_clip,
-                            progress)
-
-
-def train_dpir_fusion(dpir: DPIR, loader, steps: int, *, lr: float = 1e-3, p_low: float = 0.5,
-                      grad_clip: Optional[float] = 1.0, seed: int = 0, device=None,
-                      progress: bool = True) -> List[float]:
-    """Train only DP-IR's fusion network (IR network and denoiser frozen); returns the per-step losses."""
+def _train_dpir_stage(dpir: DPIR, loader, steps: int, name: str, net: nn.Module, frozen: List[nn.Module],
+                      loss: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor], lr: float, p_low: float,
+                      grad_clip: Optional[float], seed: int, device, progress: bool) -> List[float]:
+    """Train ``net`` alone (``frozen`` held) on ``loss(burst, y, sigma, noise)`` under DP-IR's training σ."""
     steps = _check_steps(steps)
     device = torch.device(device) if device is not None else next(dpir.parameters()).device
     torch.manual_seed(seed)
@@ -431,8 +388,25 @@ def train_dpir_fusion(dpir: DPIR, loader, steps: int, *, lr: float = 1e-3, p_low
         burst, y = data(step)
         g = _step_generator(seed, step, device)
         sigma = dpir_sigmas(y.shape[0], g, device, dpir.config.sigma_min, dpir.sigma_tau, p_low)
-        return dpir_fusion_loss(dpir, burst, y, sigma, torch.randn(y.shape, generator=g, device=device))
+        return loss(burst, y, sigma, torch.randn(y.shape, generator=g, device=device))
 
-    with _modes([dpir.fusion], [dpir.ir, dpir.denoiser]):
-        return _simple_loop("dpir-fusion", list(dpir.fusion.parameters()), steps, loss_fn, lr, grad_clip,
-                            progress)
+    with _modes([net], frozen):
+        return _simple_loop(name, list(net.parameters()), steps, loss_fn, lr, grad_clip, progress)
+
+
+def train_dpir_denoiser(dpir: DPIR, loader, steps: int, *, lr: float = 5e-4, p_low: float = 0.5,
+                        grad_clip: Optional[float] = 1.0, seed: int = 0, device=None,
+                        progress: bool = True) -> List[float]:
+    """Train DP-IR's unconditional denoiser on the loader's clean ground truths (its bursts are ignored)."""
+    return _train_dpir_stage(dpir, loader, steps, "dpir-denoiser", dpir.denoiser, [dpir.ir, dpir.fusion],
+                             lambda burst, y, sigma, noise: dpir_denoiser_loss(dpir, y, sigma, noise),
+                             lr, p_low, grad_clip, seed, device, progress)
+
+
+def train_dpir_fusion(dpir: DPIR, loader, steps: int, *, lr: float = 1e-3, p_low: float = 0.5,
+                      grad_clip: Optional[float] = 1.0, seed: int = 0, device=None,
+                      progress: bool = True) -> List[float]:
+    """Train only DP-IR's fusion network (IR network and denoiser frozen); returns the per-step losses."""
+    return _train_dpir_stage(dpir, loader, steps, "dpir-fusion", dpir.fusion, [dpir.ir, dpir.denoiser],
+                             lambda burst, y, sigma, noise: dpir_fusion_loss(dpir, burst, y, sigma, noise),
+                             lr, p_low, grad_clip, seed, device, progress)
