@@ -123,6 +123,13 @@ def _offsets(total, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _sample_offsets(total, M, BLOCK: tl.constexpr):
+    """This program's flat offsets, their mask and their samples (M elements a sample)."""
+    offs, mask = _offsets(total, BLOCK)
+    return offs, mask, offs // M
+
+
+@triton.jit
 def _load_sigma(ptr, n, stride, mask):
     # other=1 keeps masked lanes finite (they divide by σ)
     return tl.load(ptr + n * stride, mask=mask, other=1.0).to(tl.float32)
@@ -215,8 +222,7 @@ def _denoise_combine_bwd_kernel(gD_ptr, gd_ptr, x_ptr, f_ptr, sig_ptr, gx_ptr, g
 @triton.jit
 def _edm_euler_update_fwd_kernel(x_ptr, f_ptr, sig_ptr, sn_ptr, xn_ptr, d_ptr, total, M, s_stride, sn_stride, sd,
                                  BLOCK: tl.constexpr):
-    offs, mask = _offsets(total, BLOCK)
-    n = offs // M
+    offs, mask, n = _sample_offsets(total, M, BLOCK)
     sig = _load_sigma(sig_ptr, n, s_stride, mask)
     sn = _load_sigma(sn_ptr, n, sn_stride, mask)
     x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
@@ -230,8 +236,7 @@ def _edm_euler_update_fwd_kernel(x_ptr, f_ptr, sig_ptr, sn_ptr, xn_ptr, d_ptr, t
 @triton.jit
 def _edm_heun_update_fwd_kernel(xh_ptr, d_ptr, xn_ptr, fn_ptr, sh_ptr, sn_ptr, out_ptr, total, M, sh_stride,
                                 sn_stride, sd, BLOCK: tl.constexpr):
-    offs, mask = _offsets(total, BLOCK)
-    n = offs // M
+    offs, mask, n = _sample_offsets(total, M, BLOCK)
     sh = _load_sigma(sh_ptr, n, sh_stride, mask)
     sn = _load_sigma(sn_ptr, n, sn_stride, mask)
     xh = tl.load(xh_ptr + offs, mask=mask).to(tl.float32)
@@ -250,8 +255,7 @@ def _edm_heun_update_fwd_kernel(xh_ptr, d_ptr, xn_ptr, fn_ptr, sh_ptr, sn_ptr, o
 def _add_noise_fwd_kernel(x_ptr, sig_ptr, sb_ptr, noise_ptr, seed_ptr, out_ptr, total, M, s_stride, sb_stride,
                           s_noise, Cc, Hh, Ww, HAS_BASE: tl.constexpr, HAS_NOISE: tl.constexpr,
                           CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
-    offs, mask = _offsets(total, BLOCK)
-    n = offs // M
+    offs, mask, n = _sample_offsets(total, M, BLOCK)
     sig = _load_sigma(sig_ptr, n, s_stride, mask)
     v = sig * sig
     if HAS_BASE:
@@ -271,8 +275,7 @@ def _add_noise_fwd_kernel(x_ptr, sig_ptr, sb_ptr, noise_ptr, seed_ptr, out_ptr, 
 def _cm_update_fwd_kernel(x_ptr, f_ptr, sig_ptr, sn_ptr, noise_ptr, seed_ptr, out_ptr, total, M, s_stride,
                           sn_stride, smin, sd, clamp, Cc, Hh, Ww, HAS_CLAMP: tl.constexpr, HAS_NEXT: tl.constexpr,
                           HAS_NOISE: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
-    offs, mask = _offsets(total, BLOCK)
-    n = offs // M
+    offs, mask, n = _sample_offsets(total, M, BLOCK)
     sig = _load_sigma(sig_ptr, n, s_stride, mask)
     x = tl.load(x_ptr + offs, mask=mask).to(tl.float32)
     f = tl.load(f_ptr + offs, mask=mask).to(tl.float32)
@@ -325,8 +328,7 @@ def _edm_loss_fwd_kernel(x_ptr, f_ptr, y_ptr, sig_ptr, part_ptr, M, nblk, s_stri
 @triton.jit
 def _edm_loss_bwd_kernel(gl_ptr, x_ptr, f_ptr, y_ptr, sig_ptr, gx_ptr, gf_ptr, gy_ptr, total, M, s_stride,
                          gl_stride, sd, BLOCK: tl.constexpr):
-    offs, mask = _offsets(total, BLOCK)
-    n = offs // M
+    offs, mask, n = _sample_offsets(total, M, BLOCK)
     sig = _load_sigma(sig_ptr, n, s_stride, mask)
     gl = tl.load(gl_ptr + n * gl_stride, mask=mask, other=0.0).to(tl.float32)
     c_skip, c_out, _ = _coeffs(sig, sd, 0.0, False)

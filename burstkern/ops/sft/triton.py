@@ -66,31 +66,36 @@ def _sigmoid(u):
 
 
 @triton.jit
+def _act_linear(u, a, ACT: tl.constexpr, slope):
+    """a times the slope at u of a piecewise-linear ACT (relu, leaky_relu, none): act(u) for a = u, dy * act'(u)
+    for a = dy; at u == 0 relu/leaky_relu take the left slope, as torch does."""
+    if ACT == 2:
+        r = tl.where(u > 0, a, 0.0)
+    elif ACT == 3:
+        r = tl.where(u > 0, a, a * slope)
+    else:
+        r = a
+    return r
+
+
+@triton.jit
 def _act_fwd(u, ACT: tl.constexpr, slope):
     # ACT: 0 none, 1 silu, 2 relu, 3 leaky_relu(slope) (codes of reference.ACT_CODES)
     if ACT == 1:
         y = u * _sigmoid(u)
-    elif ACT == 2:
-        y = tl.where(u > 0, u, 0.0)
-    elif ACT == 3:
-        y = tl.where(u > 0, u, u * slope)
     else:
-        y = u
+        y = _act_linear(u, u, ACT, slope)
     return y
 
 
 @triton.jit
 def _act_grad(u, dy, ACT: tl.constexpr, slope):
-    """dy * act'(u); at u == 0 relu/leaky_relu take the left slope, as torch does."""
+    """dy * act'(u)."""
     if ACT == 1:
         s = _sigmoid(u)
         du = dy * (s * (1.0 + u * (1.0 - s)))
-    elif ACT == 2:
-        du = tl.where(u > 0, dy, 0.0)
-    elif ACT == 3:
-        du = tl.where(u > 0, dy, dy * slope)
     else:
-        du = dy
+        du = _act_linear(u, dy, ACT, slope)
     return du
 
 
@@ -105,11 +110,16 @@ def _load_mod(p, n, c, hw, sn, sc, shw, c_mask, m, ACC: tl.constexpr, SPATIAL: t
 
 
 @triton.jit
-def _sample_and_tile(NB):
-    """(sample n, spatial tile) of this program: both on grid axis 0 (limit 2^31 - 1), so any batch size launches
-    (axes 1 and 2 stop at 65535, which N or N*G can pass: N = 4096, G = 32)."""
+def _tile(NB, C, HW, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """This program's (sample n, spatial tile pid_hw, channels c [BLOCK_C], positions hw [BLOCK_HW], c_mask, tile
+    mask m). The sample and the spatial tile are both on grid axis 0 (limit 2^31 - 1), so any batch size launches (axes 1 and 2 stop at
+    65535, which N or N*G can pass: N = 4096, G = 32); the channel block is axis 1."""
     pid = tl.program_id(0)
-    return (pid // NB).to(tl.int64), pid % NB
+    n, pid_hw = (pid // NB).to(tl.int64), pid % NB
+    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
+    hw = pid_hw.to(tl.int64) * BLOCK_HW + tl.arange(0, BLOCK_HW)
+    c_mask = c < C
+    return n, pid_hw, c, hw, c_mask, c_mask[:, None] & (hw < HW)[None, :]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,11 +130,7 @@ def _sft_modulate_fwd_kernel(x_ptr, g_ptr, b_ptr, out_ptr, C, HW, NB,
                              sxn, sxc, sxhw, sgn, sgc, sghw, sbn, sbc, sbhw, son, soc, sohw, slope,
                              HAS_BETA: tl.constexpr, G_SPATIAL: tl.constexpr, B_SPATIAL: tl.constexpr,
                              ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    n, pid_hw = _sample_and_tile(NB)
-    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
-    hw = pid_hw.to(tl.int64) * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    c_mask = c < C
-    m = c_mask[:, None] & (hw < HW)[None, :]
+    n, _, c, hw, c_mask, m = _tile(NB, C, HW, BLOCK_C, BLOCK_HW)
     x = tl.load(x_ptr + n * sxn + c[:, None] * sxc + hw[None, :] * sxhw, mask=m, other=0.0).to(ACC)
     g = _load_mod(g_ptr, n, c, hw, sgn, sgc, sghw, c_mask, m, ACC, G_SPATIAL)
     u = x * (1.0 + g)
@@ -140,11 +146,7 @@ def _sft_modulate_bwd_kernel(dy_ptr, x_ptr, g_ptr, b_ptr, dx_ptr, dg_ptr, db_ptr
                              son, soc, sohw, sgon, sgoc, sgohw, sbon, sboc, sbohw, slope,
                              HAS_BETA: tl.constexpr, G_SPATIAL: tl.constexpr, B_SPATIAL: tl.constexpr,
                              ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    n, pid_hw = _sample_and_tile(NB)
-    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
-    hw = pid_hw.to(tl.int64) * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    c_mask = c < C
-    m = c_mask[:, None] & (hw < HW)[None, :]
+    n, pid_hw, c, hw, c_mask, m = _tile(NB, C, HW, BLOCK_C, BLOCK_HW)
     dy = tl.load(dy_ptr + n * sdn + c[:, None] * sdc + hw[None, :] * sdhw, mask=m, other=0.0).to(ACC)
     x = tl.load(x_ptr + n * sxn + c[:, None] * sxc + hw[None, :] * sxhw, mask=m, other=0.0).to(ACC)
     g1 = 1.0 + _load_mod(g_ptr, n, c, hw, sgn, sgc, sghw, c_mask, m, ACC, G_SPATIAL)
@@ -249,11 +251,7 @@ def _sft_group_norm_fwd_kernel(x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, part_ptr, o
                                HAS_BETA: tl.constexpr, G_SPATIAL: tl.constexpr, B_SPATIAL: tl.constexpr,
                                HAS_W: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
                                CHUNKS_P2: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    n, pid_hw = _sample_and_tile(NB)
-    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
-    hw = pid_hw.to(tl.int64) * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    c_mask = c < C
-    m = c_mask[:, None] & (hw < HW)[None, :]
+    n, pid_hw, c, hw, c_mask, m = _tile(NB, C, HW, BLOCK_C, BLOCK_HW)
     mean, rstd = _group_stats_of_channels(part_ptr, n, c, c_mask, Cg, G, NCHUNK, N * G, eps,
                                           ACC, CHUNKS_P2)
     if pid_hw == 0:
@@ -288,11 +286,7 @@ def _sft_group_norm_bwd_kernel(dy_ptr, x_ptr, g_ptr, b_ptr, w_ptr, bias_ptr, mea
     """STAGE 1: spatial dgamma/dbeta + partial sums part[k, n, c, tile] of
     k=0: dh*xhat, k=1: dh (dh = d(GroupNorm output)), k=2: du*h (per-channel dgamma), k=3: du (per-channel dbeta).
     STAGE 2: dx = rstd * (w*dh - coef1 - xhat*coef2), coef[0|1, n, g] from the reduced stage-1 sums."""
-    n, pid_hw = _sample_and_tile(NB)
-    c = (tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)).to(tl.int64)
-    hw = pid_hw.to(tl.int64) * BLOCK_HW + tl.arange(0, BLOCK_HW)
-    c_mask = c < C
-    m = c_mask[:, None] & (hw < HW)[None, :]
+    n, pid_hw, c, hw, c_mask, m = _tile(NB, C, HW, BLOCK_C, BLOCK_HW)
     grp = n * G + c // Cg
     mean = tl.load(mean_ptr + grp, mask=c_mask, other=0.0).to(ACC)
     rstd = tl.load(rstd_ptr + grp, mask=c_mask, other=0.0).to(ACC)
@@ -485,11 +479,15 @@ def stats_grid(rows: int, nchunk: int):
     return grid
 
 
+def _geometry(x: torch.Tensor):
+    """(n, c, h·w, memory format) of a 4-D x."""
+    n, c, h, w = x.shape
+    return n, c, h * w, C.memory_format_of(x)
+
+
 def sft_modulate_forward(x, gamma, beta, act: int, slope: float):
     """``act(x * (1 + gamma) + beta)``; shapes as ``burstkern.ops.sft_modulate`` (4-D)."""
-    n, c, h, w = x.shape
-    hw = h * w
-    fmt = C.memory_format_of(x)
+    n, c, hw, fmt = _geometry(x)
     out = _new_like_format(x, x.shape, x.dtype, fmt)
     if out.numel() == 0:
         return out
@@ -512,9 +510,7 @@ def _reduce_partials(part, k, dst):
 
 def sft_modulate_backward(grad, x, gamma, beta, act: int, slope: float):
     """(dx, dgamma, dbeta) of ``sft_modulate``; dbeta is an empty placeholder when beta is None."""
-    n, c, h, w = x.shape
-    hw = h * w
-    fmt = C.memory_format_of(x)
+    n, c, hw, fmt = _geometry(x)
     dx = _new_like_format(x, x.shape, x.dtype, fmt)
     dg, db, dgv, dbv = _grad_buffers(x, gamma, beta, fmt)
     if dx.numel() == 0:
@@ -549,11 +545,9 @@ def _stat_chunks(rows: int, hw: int, bhw: int):
 
 def sft_group_norm_forward(x, gamma, beta, num_groups: int, weight, bias, eps: float, act: int, slope: float):
     """(out, mean [N, G], rstd [N, G]) of ``sft_group_norm`` (4-D)."""
-    n, c, h, w = x.shape
-    hw = h * w
+    n, c, hw, fmt = _geometry(x)
     g = num_groups
     cg = c // g
-    fmt = C.memory_format_of(x)
     cd = C.compute_dtype(x.dtype)
     out = _new_like_format(x, x.shape, x.dtype, fmt)
     mean = _new((n, g), dtype=cd, device=x.device)
@@ -590,11 +584,9 @@ def sft_group_norm_forward(x, gamma, beta, num_groups: int, weight, bias, eps: f
 def sft_group_norm_backward(grad, x, gamma, beta, num_groups: int, weight, bias, mean, rstd, eps: float, act: int,
                             slope: float):
     """(dx, dgamma, dbeta, dweight, dbias) of ``sft_group_norm``; empty placeholders for absent inputs."""
-    n, c, h, w = x.shape
-    hw = h * w
+    n, c, hw, fmt = _geometry(x)
     g = num_groups
     cg = c // g
-    fmt = C.memory_format_of(x)
     cd = C.compute_dtype(x.dtype)
     dx = _new_like_format(x, x.shape, x.dtype, fmt)
     dg, db, dgv, dbv = _grad_buffers(x, gamma, beta, fmt)
