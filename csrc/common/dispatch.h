@@ -6,6 +6,8 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "common/cpu_isa.h"
+
 namespace burstkern {
 
 template <bool kDouble, class F>
@@ -23,6 +25,23 @@ void dispatch_floating(at::ScalarType dt, const char* what, F&& f) {
     default:
       TORCH_CHECK(false, what, ": no kernel for ", dt, " (float32, float16, bfloat16", kDouble ? ", float64" : "",
                   ")");
+  }
+}
+
+// The code of a float dtype for kernels that take it as a number (the CPU loops' cpu_isa::Dt, the CUDA denoise
+// kernels' ScalarKind: the same values); -1 for any other dtype.
+inline int dtype_code(at::ScalarType dt) {
+  switch (dt) {
+    case at::kFloat:
+      return cpu_isa::kF32;
+    case at::kDouble:
+      return cpu_isa::kF64;
+    case at::kHalf:
+      return cpu_isa::kF16;
+    case at::kBFloat16:
+      return cpu_isa::kBF16;
+    default:
+      return -1;
   }
 }
 

@@ -68,4 +68,21 @@ struct emulated_or<Cpu, Emu> {
 #define BURSTKERN_CPU_IMPL(check, cpu_fn, kernel_fn) (&::burstkern::checked<&check<CpuDevice>, &cpu_fn>::call)
 #endif
 
+// Each op family lists its ops once, in <op>.h, as BURSTKERN_<FAMILY>_OPS(X): X(op, check, kernels) for each op,
+// its schema name, its shared checks (templated on the device traits) and the host code of its CUDA kernels
+// (<op>_kernels.cuh, templated on the executor); its CPU kernel is cpu::op. The executors and register_impls are
+// that list expanded with (BURSTKERN_DEFINE_REGISTER_IMPLS(OPS) defines the family's register_impls):
+//   BURSTKERN_REGISTER_IMPL  in register_impls<Exec>(torch::Library& m): m.impl("op", Exec::op)
+//   BURSTKERN_KERNEL_IMPL    in KernelImpls<L> (<op>_kernels.cuh): op = kernels<KernelLaunch<L>>
+//   BURSTKERN_CPU_EXEC_IMPL  in CpuExec (<op>_cpu.cpp): op = BURSTKERN_CPU_IMPL(check, cpu::op, kernels)
+#define BURSTKERN_REGISTER_IMPL(op, check, kernels) m.impl(#op, Exec::op);
+#define BURSTKERN_DEFINE_REGISTER_IMPLS(OPS) \
+  template <class Exec>                      \
+  void register_impls(torch::Library& m) {   \
+    OPS(BURSTKERN_REGISTER_IMPL)             \
+  }
+#define BURSTKERN_KERNEL_IMPL(op, check, kernels) static constexpr auto op = &kernels<KernelLaunch<L>>;
+#define BURSTKERN_CPU_EXEC_IMPL(op, check, kernels) \
+  static constexpr auto op = BURSTKERN_CPU_IMPL(check, cpu::op, kernels);
+
 }  // namespace burstkern
