@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "common/checks.h"
+#include "common/exec.h"
 
 namespace burstkern {
 namespace denoise {
@@ -191,20 +192,20 @@ Flat check_edm_loss_backward(const Tensor& grad, const Tensor& x, const Tensor& 
   return check_flat<Exec>(x, "x_noisy", {{F, "F"}, {y, "y"}}, {{grad, "grad"}, {sigma, "sigma"}});
 }
 
-// Exec: one function per op with its schema signature (common/exec.h).
-template <class Exec>
-void register_impls(torch::Library& m) {
-  m.impl("denoise_scalings", Exec::denoise_scalings);
-  m.impl("denoise_combine", Exec::denoise_combine);
-  m.impl("denoise_combine_backward", Exec::denoise_combine_backward);
-  m.impl("edm_euler_update", Exec::edm_euler_update);
-  m.impl("edm_heun_update", Exec::edm_heun_update);
-  m.impl("add_noise", Exec::add_noise);
-  m.impl("cm_update", Exec::cm_update);
-  m.impl("cm_update_backward", Exec::cm_update_backward);
-  m.impl("edm_loss", Exec::edm_loss);
-  m.impl("edm_loss_backward", Exec::edm_loss_backward);
-}
+// The family's ops, X(op, check, kernels) each (common/exec.h): the one list that register_impls, KernelImpls and
+// CpuExec expand.
+#define BURSTKERN_DENOISE_OPS(X)                                               \
+  X(denoise_scalings, check_scalings, scalings)                                \
+  X(denoise_combine, check_combine, combine)                                   \
+  X(denoise_combine_backward, check_combine_backward, combine_backward)        \
+  X(edm_euler_update, check_euler, euler)                                      \
+  X(edm_heun_update, check_heun, heun)                                         \
+  X(add_noise, check_add_noise, denoise::add_noise)                            \
+  X(cm_update, check_cm_update, denoise::cm_update)                            \
+  X(cm_update_backward, check_cm_update_backward, denoise::cm_update_backward) \
+  X(edm_loss, check_edm_loss, denoise::edm_loss)                               \
+  X(edm_loss_backward, check_edm_loss_backward, denoise::edm_loss_backward)
+BURSTKERN_DEFINE_REGISTER_IMPLS(BURSTKERN_DENOISE_OPS)  // Exec: one function per op, of the op's schema signature
 
 }  // namespace denoise
 }  // namespace burstkern

@@ -1,115 +1,28 @@
 // Host side of the denoise CPU kernels (denoise_cpu_kernels.h): layouts, outputs, per-sample coefficients (double),
 // the per-sample totals of the reductions, and at::parallel_for over the units of the per-ISA loops.
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <type_traits>
-
-#include "denoise/denoise_cpu_kernels_args.h"
-
-#define BK_ISA isa_default
-#define BK_ISA_NAME "default"
-#define BK_ISA_TABLE table_default
-#define BK_ISA_FP64 1
-#include "denoise/denoise_cpu_kernels_impl.h"
-#undef BK_ISA
-#undef BK_ISA_NAME
-#undef BK_ISA_TABLE
-#undef BK_ISA_FP64
+#define BK_ISA_FAMILY denoise
+#define BK_ISA_BUILD default
+#include "common/cpu_isa_build.h"  // the portable build of the loops
 
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include <cstdlib>
+#include <algorithm>
+#include <initializer_list>
+#include <iterator>
 #include <string>
 #include <vector>
 
+#include "common/cpu_tensor.h"
 #include "denoise/denoise_cpu_kernels.h"
 
-namespace burstkern {
-namespace denoise {
-namespace cpu {
+namespace burstkern::denoise::cpu {
 
 using at::Tensor;
 using namespace detail;
 
 namespace {
-
-const Table& pick_table() {
-  const char* env = std::getenv("BURSTKERN_CPU_PATH");
-  const std::string want = env != nullptr ? env : "";
-  if (want == "default") return table_default();
-#if defined(__x86_64__) || defined(_M_X64)
-  __builtin_cpu_init();
-  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  if (want == "avx2" && avx2) return table_avx2();
-  if (want != "avx2" && avx512) return table_avx512();
-  if (avx2) return table_avx2();
-#endif
-  return table_default();
-}
-
-const Table& tbl_any() {
-  static const Table& t = pick_table();
-  return t;
-}
-
-const Table& tbl(int dt) { return dt == kF64 ? table_default() : tbl_any(); }
-
-int dt_of(const Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kDouble:
-      return kF64;
-    case at::kHalf:
-      return kF16;
-    case at::kBFloat16:
-      return kBF16;
-    case at::kFloat:
-      return kF32;
-    default:
-      TORCH_CHECK(false, "denoise CPU kernels: unsupported dtype ", t.scalar_type());
-  }
-}
-
-double rd(const Tensor& t, int64_t off) {
-  const void* p = t.const_data_ptr();
-  switch (t.scalar_type()) {
-    case at::kDouble:
-      return static_cast<const double*>(p)[off];
-    case at::kHalf:
-      return static_cast<float>(static_cast<const c10::Half*>(p)[off]);
-    case at::kBFloat16:
-      return static_cast<float>(static_cast<const c10::BFloat16*>(p)[off]);
-    default:
-      return static_cast<const float*>(p)[off];
-  }
-}
-
-void wr(const Tensor& t, int64_t off, double v) {
-  void* p = t.data_ptr();
-  switch (t.scalar_type()) {
-    case at::kDouble:
-      static_cast<double*>(p)[off] = v;
-      break;
-    case at::kHalf:
-      static_cast<c10::Half*>(p)[off] = static_cast<c10::Half>(static_cast<float>(v));
-      break;
-    case at::kBFloat16:
-      static_cast<c10::BFloat16*>(p)[off] = static_cast<c10::BFloat16>(static_cast<float>(v));
-      break;
-    default:
-      static_cast<float*>(p)[off] = static_cast<float>(v);
-  }
-}
-
-at::MemoryFormat format_of(const Tensor& x) {
-  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)
-             ? at::MemoryFormat::ChannelsLast
-             : at::MemoryFormat::Contiguous;
-}
 
 bool is_cm(c10::string_view mode) { return mode == "cm"; }
 
@@ -162,7 +75,9 @@ Coef coefficients(double s, double sd, double smin, bool cm) {
 
 double sqrt_pos(double v) { return std::sqrt(v < 0.0 ? 0.0 : v); }  // NaN stays NaN
 
-Args base_args(const Flat& L, int op) {
+// The record of one call of op on L: its inputs, outputs and per-sample scalars in slot order (nullptr: unused).
+Args base_args(const Flat& L, int op, std::initializer_list<const void*> in, std::initializer_list<void*> out,
+               std::initializer_list<const double*> ps) {
   Args a{};
   a.op = op;
   a.dt = dt_of(L.x);
@@ -172,12 +87,17 @@ Args base_args(const Flat& L, int op) {
   a.C = L.C;
   a.HW = L.HW;
   a.chunk = kChunk;
+  TORCH_INTERNAL_ASSERT(in.size() <= std::size(a.in) && out.size() <= std::size(a.out) &&
+                        ps.size() <= std::size(a.ps));
+  std::copy(in.begin(), in.end(), a.in);
+  std::copy(out.begin(), out.end(), a.out);
+  std::copy(ps.begin(), ps.end(), a.ps);
   return a;
 }
 
 void run(const Args& a, int64_t units) {
   if (units <= 0) return;
-  const auto fn = tbl(a.dt).run;
+  const auto fn = Builds::table(a.dt).run;
   at::parallel_for(0, units, 1, [&](int64_t b, int64_t e) { fn(a, b, e); });
 }
 
@@ -208,7 +128,7 @@ void set_noise(Args& a, const Flat& L, const std::optional<Tensor>& noise, const
 
 }  // namespace
 
-const char* cpu_path() { return tbl_any().name; }
+const char* cpu_path() { return Builds::picked().name; }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> denoise_scalings(const Tensor& sigma, double sd, double smin,
                                                             c10::string_view mode) {
@@ -242,17 +162,10 @@ std::tuple<Tensor, Tensor> denoise_combine(const Tensor& x, const Tensor& F, con
     e1[n] = (1.0 - c.skip) / s[n];
     e2[n] = -c.out / s[n];
   }
-  Args a = base_args(L, kCombine);
-  a.ps[3] = e1.data();
-  a.ps[4] = e2.data();
-  a.in[0] = L.x.const_data_ptr();
-  a.in[1] = f.const_data_ptr();
-  a.out[0] = D.data_ptr();
-  a.out[1] = return_d ? d.data_ptr() : nullptr;
+  Args a = base_args(L, kCombine, {L.x.const_data_ptr(), f.const_data_ptr()},
+                      {D.data_ptr(), return_d ? d.data_ptr() : nullptr},
+                      {cs.data(), co.data(), s.data(), e1.data(), e2.data()});
   a.has_d = return_d;
-  a.ps[0] = cs.data();
-  a.ps[1] = co.data();
-  a.ps[2] = s.data();
   run(a, L.units());
   return {D, d};
 }
@@ -288,16 +201,12 @@ std::tuple<Tensor, Tensor, Tensor> denoise_combine_backward(const Tensor& grad_D
     kda[n] = e * ((sg + sh) * sd2 - e * e * e) / (s2 * dm * dm);
     kdb[n] = sd * (sh * den - e * s2) * r / (s2 * den);
   }
-  Args a = base_args(L, kCombineBwd);
-  a.in[0] = gD.const_data_ptr();
-  a.in[1] = has_gd ? gd.const_data_ptr() : nullptr;
-  a.in[2] = L.x.const_data_ptr();
-  a.in[3] = f.const_data_ptr();
-  a.out[0] = gx.data_ptr();
-  a.out[1] = gF.data_ptr();
+  Args a = base_args(L, kCombineBwd,
+                      {gD.const_data_ptr(), has_gd ? gd.const_data_ptr() : nullptr, L.x.const_data_ptr(),
+                       f.const_data_ptr()},
+                      {gx.data_ptr(), gF.data_ptr()},
+                      {cs.data(), co.data(), ka.data(), kb.data(), dcs.data(), dco.data(), kda.data(), kdb.data()});
   a.has_d = has_gd;
-  const std::vector<double>* kps[8] = {&cs, &co, &ka, &kb, &dcs, &dco, &kda, &kdb};
-  for (int k = 0; k < 8; ++k) a.ps[k] = kps[k]->data();
   std::vector<double> red(static_cast<size_t>(std::max<int64_t>(L.units(), 0)), 0.0);
   if (need_sigma) a.red = red.data();
   run(a, L.units());
@@ -326,15 +235,8 @@ std::tuple<Tensor, Tensor> edm_euler_update(const Tensor& x, const Tensor& F, co
     cs[n] = (1.0 - c.skip) / s[n];
     co[n] = -c.out / s[n];
   }
-  Args a = base_args(L, kEuler);
-  a.in[0] = L.x.const_data_ptr();
-  a.in[1] = f.const_data_ptr();
-  a.out[0] = xn.data_ptr();
-  a.out[1] = d.data_ptr();
-  a.ps[0] = cs.data();
-  a.ps[1] = co.data();
-  a.ps[2] = s.data();
-  a.ps[3] = sn.data();
+  Args a = base_args(L, kEuler, {L.x.const_data_ptr(), f.const_data_ptr()},
+                      {xn.data_ptr(), d.data_ptr()}, {cs.data(), co.data(), s.data(), sn.data()});
   run(a, L.units());
   return {xn, d};
 }
@@ -355,16 +257,9 @@ Tensor edm_heun_update(const Tensor& x_hat, const Tensor& d, const Tensor& x_nex
     co[n] = half * (1.0 - c.skip) / s;
     sh_k[n] = -half * c.out / s;
   }
-  Args a = base_args(L, kHeun);
-  a.in[0] = L.x.const_data_ptr();
-  a.in[1] = dd.const_data_ptr();
-  a.in[2] = xn.const_data_ptr();
-  a.in[3] = fn.const_data_ptr();
-  a.out[0] = out.data_ptr();
-  a.ps[0] = cs.data();
-  a.ps[1] = co.data();
-  a.ps[2] = sh_k.data();
-  a.ps[4] = pos.data();
+  Args a = base_args(L, kHeun,
+                      {L.x.const_data_ptr(), dd.const_data_ptr(), xn.const_data_ptr(), fn.const_data_ptr()},
+                      {out.data_ptr()}, {cs.data(), co.data(), sh_k.data(), nullptr, pos.data()});
   run(a, L.units());
   return out;
 }
@@ -377,10 +272,7 @@ Tensor add_noise(const Tensor& x, const Tensor& sigma, const std::optional<Tenso
   const std::vector<double> sb = sigma_base.has_value() ? per_sample(*sigma_base, L.N) : std::vector<double>(s.size());
   std::vector<double> scale(s.size());
   for (size_t n = 0; n < s.size(); ++n) scale[n] = sqrt_pos(s[n] * s[n] - sb[n] * sb[n]) * s_noise;
-  Args a = base_args(L, kAddNoise);
-  a.in[0] = L.x.const_data_ptr();
-  a.out[0] = out.data_ptr();
-  a.ps[0] = scale.data();
+  Args a = base_args(L, kAddNoise, {L.x.const_data_ptr()}, {out.data_ptr()}, {scale.data()});
   Tensor keep;
   set_noise(a, L, noise, seed, keep, "add_noise");
   run(a, L.units());
@@ -402,13 +294,8 @@ Tensor cm_update(const Tensor& x, const Tensor& F, const Tensor& sigma, double s
     co[n] = c.out;
     scale[n] = sqrt_pos(sn[n] * sn[n] - smin * smin);
   }
-  Args a = base_args(L, kCm);
-  a.in[0] = L.x.const_data_ptr();
-  a.in[1] = f.const_data_ptr();
-  a.out[0] = out.data_ptr();
-  a.ps[0] = cs.data();
-  a.ps[1] = co.data();
-  a.ps[2] = scale.data();
+  Args a = base_args(L, kCm, {L.x.const_data_ptr(), f.const_data_ptr()},
+                      {out.data_ptr()}, {cs.data(), co.data(), scale.data()});
   a.has_clamp = clamp.has_value();
   a.clamp = clamp.value_or(0.0);
   a.has_next = sigma_next.has_value();
@@ -431,14 +318,8 @@ std::tuple<Tensor, Tensor> cm_update_backward(const Tensor& grad, const Tensor& 
     cs[n] = c.skip;
     co[n] = c.out;
   }
-  Args a = base_args(L, kCmBwd);
-  a.in[0] = g.const_data_ptr();
-  a.in[1] = L.x.const_data_ptr();
-  a.in[2] = f.const_data_ptr();
-  a.out[0] = gx.data_ptr();
-  a.out[1] = gF.data_ptr();
-  a.ps[0] = cs.data();
-  a.ps[1] = co.data();
+  Args a = base_args(L, kCmBwd, {g.const_data_ptr(), L.x.const_data_ptr(), f.const_data_ptr()},
+                      {gx.data_ptr(), gF.data_ptr()}, {cs.data(), co.data()});
   a.has_clamp = clamp.has_value();
   a.clamp = clamp.value_or(0.0);
   run(a, L.units());
@@ -458,12 +339,8 @@ Tensor edm_loss(const Tensor& x_noisy, const Tensor& F, const Tensor& y, const T
     cs[n] = c.skip;
     co[n] = c.out;
   }
-  Args a = base_args(L, kLoss);
-  a.in[0] = L.x.const_data_ptr();
-  a.in[1] = f.const_data_ptr();
-  a.in[2] = yy.const_data_ptr();
-  a.ps[0] = cs.data();
-  a.ps[1] = co.data();
+  Args a = base_args(L, kLoss, {L.x.const_data_ptr(), f.const_data_ptr(), yy.const_data_ptr()},
+                      {}, {cs.data(), co.data()});
   std::vector<double> red(static_cast<size_t>(L.units()), 0.0);
   a.red = red.data();
   run(a, L.units());
@@ -491,16 +368,8 @@ std::tuple<Tensor, Tensor, Tensor> edm_loss_backward(const Tensor& grad, const T
     const double lam = (s[n] * s[n] + sd * sd) / (ssd * ssd);
     k[n] = g[n] * lam * 2.0 / static_cast<double>(L.M > 0 ? L.M : 1);
   }
-  Args a = base_args(L, kLossBwd);
-  a.in[0] = L.x.const_data_ptr();
-  a.in[1] = f.const_data_ptr();
-  a.in[2] = yy.const_data_ptr();
-  a.out[0] = gx.data_ptr();
-  a.out[1] = gF.data_ptr();
-  a.out[2] = gy.data_ptr();
-  a.ps[0] = cs.data();
-  a.ps[1] = co.data();
-  a.ps[2] = k.data();
+  Args a = base_args(L, kLossBwd, {L.x.const_data_ptr(), f.const_data_ptr(), yy.const_data_ptr()},
+                      {gx.data_ptr(), gF.data_ptr(), gy.data_ptr()}, {cs.data(), co.data(), k.data()});
   run(a, L.units());
   return {gx, gF, gy};
 }
@@ -511,13 +380,11 @@ Tensor randn_at(const Tensor& seed, const Tensor& offsets) {
   const Tensor o = offsets.contiguous();
   Tensor out = at::empty(o.sizes(), o.options().dtype(at::kFloat));
   const int64_t sd = seed.contiguous().const_data_ptr<int64_t>()[0];
-  const auto fn = tbl_any().randn;
+  const auto fn = Builds::picked().randn;
   const int64_t* op = o.const_data_ptr<int64_t>();
   float* dp = out.data_ptr<float>();
   at::parallel_for(0, o.numel(), kChunk, [&](int64_t b, int64_t e) { fn(sd, op + b, dp + b, e - b); });
   return out;
 }
 
-}  // namespace cpu
-}  // namespace denoise
-}  // namespace burstkern
+}  // namespace burstkern::denoise::cpu

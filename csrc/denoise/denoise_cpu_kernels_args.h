@@ -4,12 +4,14 @@
 
 #include <cstdint>
 
+#include "common/cpu_isa.h"
+
 namespace burstkern {
 namespace denoise {
 namespace cpu {
 namespace detail {
 
-enum Dt : int { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };
+using namespace ::burstkern::cpu_isa;  // the dtype codes (Dt)
 
 enum Op : int {
   kCombine = 0,     // in: x, F            out: D, d?            ps: c_skip, c_out, σ, (1 − c_skip)/σ, −c_out/σ
@@ -46,9 +48,7 @@ struct Table {
   void (*randn)(int64_t seed, const int64_t* offsets, float* out, int64_t n);
 };
 
-const Table& table_default();
-const Table& table_avx2();
-const Table& table_avx512();
+BURSTKERN_CPU_ISA_TABLES(Table);
 
 }  // namespace detail
 }  // namespace cpu

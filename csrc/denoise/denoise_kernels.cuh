@@ -307,17 +307,11 @@ struct KernelLaunch : L {
 // host code: outputs and dtype dispatch. Exec: KernelLaunch<L> (device traits, Guard, elementwise(fn, total, M),
 // reduce(fn, groups, group_size, M, like): per-group sums of fn's terms handed to fn.finalize(g, sum)).
 // ---------------------------------------------------------------------------------------------------------------
+static_assert(kFloat == cpu_isa::kF32 && kDouble == cpu_isa::kF64 && kHalf == cpu_isa::kF16 &&
+              kBFloat16 == cpu_isa::kBF16);
 inline int scalar_kind(at::ScalarType t) {
-  switch (t) {
-    case at::kDouble:
-      return kDouble;
-    case at::kHalf:
-      return kHalf;
-    case at::kBFloat16:
-      return kBFloat16;
-    default:
-      return kFloat;
-  }
+  const int kind = dtype_code(t);
+  return kind >= 0 ? kind : kFloat;
 }
 
 inline PerSample per_sample(const Tensor& s) {
@@ -573,16 +567,7 @@ std::tuple<Tensor, Tensor, Tensor> edm_loss_backward(const Tensor& grad, const T
 // The executor of the CUDA kernels on launch policy L (register_impls).
 template <class L>
 struct KernelImpls {
-  static constexpr auto denoise_scalings = &scalings<KernelLaunch<L>>;
-  static constexpr auto denoise_combine = &combine<KernelLaunch<L>>;
-  static constexpr auto denoise_combine_backward = &combine_backward<KernelLaunch<L>>;
-  static constexpr auto edm_euler_update = &euler<KernelLaunch<L>>;
-  static constexpr auto edm_heun_update = &heun<KernelLaunch<L>>;
-  static constexpr auto add_noise = &denoise::add_noise<KernelLaunch<L>>;
-  static constexpr auto cm_update = &denoise::cm_update<KernelLaunch<L>>;
-  static constexpr auto cm_update_backward = &denoise::cm_update_backward<KernelLaunch<L>>;
-  static constexpr auto edm_loss = &denoise::edm_loss<KernelLaunch<L>>;
-  static constexpr auto edm_loss_backward = &denoise::edm_loss_backward<KernelLaunch<L>>;
+  BURSTKERN_DENOISE_OPS(BURSTKERN_KERNEL_IMPL)
 };
 
 }  // namespace
