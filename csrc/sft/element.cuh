@@ -20,33 +20,30 @@ BURSTKERN_HD float sigmoid(float u) {
   return u >= 0.0f ? r : e * r;
 }
 
-BURSTKERN_HD float act_fwd(float u, int act, float slope) {
+// a times the slope at u of a piecewise-linear act (relu, leaky, none): act(u) for a = u, act'(u)·dy for a = dy,
+// with torch's one-sided values at u == 0 (relu' = 0, leaky' = slope).
+BURSTKERN_HD float act_linear(float u, float a, int act, float slope) {
   switch (act) {
-    case kActSilu:
-      return u * sigmoid(u);
     case kActRelu:
-      return u > 0.0f ? u : 0.0f;
+      return u > 0.0f ? a : 0.0f;
     case kActLeaky:
-      return u > 0.0f ? u : u * slope;
+      return u > 0.0f ? a : a * slope;
     default:
-      return u;
+      return a;
   }
 }
 
-// d act(u)/du · dy, with torch's one-sided values at u == 0 (relu' = 0, leaky' = slope).
+BURSTKERN_HD float act_fwd(float u, int act, float slope) {
+  return act == kActSilu ? u * sigmoid(u) : act_linear(u, u, act, slope);
+}
+
+// d act(u)/du · dy
 BURSTKERN_HD float act_bwd(float u, float dy, int act, float slope) {
-  switch (act) {
-    case kActSilu: {
-      const float s = sigmoid(u);
-      return dy * s * (1.0f + u * (1.0f - s));
-    }
-    case kActRelu:
-      return u > 0.0f ? dy : 0.0f;
-    case kActLeaky:
-      return u > 0.0f ? dy : dy * slope;
-    default:
-      return dy;
+  if (act == kActSilu) {
+    const float s = sigmoid(u);
+    return dy * s * (1.0f + u * (1.0f - s));
   }
+  return act_linear(u, dy, act, slope);
 }
 
 }  // namespace sft

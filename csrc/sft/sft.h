@@ -14,7 +14,9 @@
 #include <optional>
 #include <utility>
 
+#include "common/alloc.h"
 #include "common/checks.h"
+#include "common/exec.h"
 
 namespace burstkern {
 namespace sft {
@@ -112,6 +114,27 @@ struct Checked {
   Split s;
 };
 
+// The gradient buffers of the backward ops (every executor's): dgamma/dbeta in gamma's/beta's own shapes, laid out
+// like x (format fmt, C channels), and the C-channel views the kernels write (of a merged gamma: its two halves).
+struct GradBufs {
+  Tensor dgamma, dbeta, dg, db;
+};
+
+inline GradBufs grad_bufs(const Tensor& x, at::MemoryFormat fmt, int64_t C, const Tensor& gamma,
+                          const std::optional<Tensor>& beta, bool merged) {
+  GradBufs r;
+  r.dgamma = new_output(gamma.sizes(), x.options(), fmt);
+  r.dbeta = beta.has_value() ? new_output(beta->sizes(), x.options(), fmt) : placeholder(x);
+  if (merged) {
+    r.dg = r.dgamma.narrow(1, 0, C);
+    r.db = r.dgamma.narrow(1, C, C);
+  } else {
+    r.dg = r.dgamma;
+    if (beta.has_value()) r.db = r.dbeta;
+  }
+  return r;
+}
+
 template <class Exec>
 Checked check_modulate(const Tensor& x, const Tensor& gamma, const std::optional<Tensor>& beta, int64_t, double) {
   const XLayout L = x_layout<Exec>(x, "x");
@@ -159,14 +182,14 @@ Checked check_group_norm_backward(const Tensor& grad, const Tensor& x, const Ten
   return c;
 }
 
-// Exec: one function per op with its schema signature (common/exec.h).
-template <class Exec>
-void register_impls(torch::Library& m) {
-  m.impl("sft_modulate", Exec::sft_modulate);
-  m.impl("sft_modulate_backward", Exec::sft_modulate_backward);
-  m.impl("sft_group_norm", Exec::sft_group_norm);
-  m.impl("sft_group_norm_backward", Exec::sft_group_norm_backward);
-}
+// The family's ops, X(op, check, kernels) each (common/exec.h): the one list that register_impls, KernelImpls and
+// CpuExec expand.
+#define BURSTKERN_SFT_OPS(X)                                                 \
+  X(sft_modulate, check_modulate, modulate)                                  \
+  X(sft_modulate_backward, check_modulate_backward, modulate_backward)       \
+  X(sft_group_norm, check_group_norm, group_norm)                            \
+  X(sft_group_norm_backward, check_group_norm_backward, group_norm_backward)
+BURSTKERN_DEFINE_REGISTER_IMPLS(BURSTKERN_SFT_OPS)  // Exec: one function per op, of the op's schema signature
 
 }  // namespace sft
 }  // namespace burstkern

@@ -1,118 +1,26 @@
 // Host side of the sft CPU kernels (sft_cpu_kernels.h): layouts, outputs, per-(n, c) coefficients, the small
 // finalize sums, and at::parallel_for over the work units of the per-ISA loops (sft_cpu_kernels_impl.h).
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <type_traits>
-
-#include "sft/sft_cpu_kernels_args.h"
-
-// the portable build of the loops
-#define BK_ISA isa_default
-#define BK_ISA_NAME "default"
-#define BK_ISA_TABLE table_default
-#define BK_ISA_FP64 1
-#include "sft/sft_cpu_kernels_impl.h"
-#undef BK_ISA
-#undef BK_ISA_NAME
-#undef BK_ISA_TABLE
-#undef BK_ISA_FP64
+#define BK_ISA_FAMILY sft
+#define BK_ISA_BUILD default
+#include "common/cpu_isa_build.h"  // the portable build of the loops
 
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "common/cpu_tensor.h"
+#include "sft/sft.h"
 #include "sft/sft_cpu_kernels.h"
 
-namespace burstkern {
-namespace sft {
-namespace cpu {
+namespace burstkern::sft::cpu {
 
 using at::Tensor;
 using namespace detail;
 
 namespace {
-
-const Table& pick_table() {
-  const char* env = std::getenv("BURSTKERN_CPU_PATH");
-  const std::string want = env != nullptr ? env : "";
-  if (want == "default") return table_default();
-#if defined(__x86_64__) || defined(_M_X64)
-  __builtin_cpu_init();
-  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  if (want == "avx2" && avx2) return table_avx2();
-  if (want != "avx2" && avx512) return table_avx512();
-  if (avx2) return table_avx2();
-#endif
-  return table_default();
-}
-
-const Table& tbl_any() {
-  static const Table& t = pick_table();
-  return t;
-}
-
-// fp64 runs the default build (it is the reference-precision path, not a fast one)
-const Table& tbl(int dt) { return dt == kF64 ? table_default() : tbl_any(); }
-
-int dt_of(const Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kDouble:
-      return kF64;
-    case at::kHalf:
-      return kF16;
-    case at::kBFloat16:
-      return kBF16;
-    case at::kFloat:
-      return kF32;
-    default:
-      TORCH_CHECK(false, "sft CPU kernels: unsupported dtype ", t.scalar_type());
-  }
-}
-
-// element `off` of t's storage (t's dtype) as double / written from double
-double rd(const Tensor& t, int64_t off) {
-  const void* p = t.const_data_ptr();
-  switch (t.scalar_type()) {
-    case at::kDouble:
-      return static_cast<const double*>(p)[off];
-    case at::kHalf:
-      return static_cast<float>(static_cast<const c10::Half*>(p)[off]);
-    case at::kBFloat16:
-      return static_cast<float>(static_cast<const c10::BFloat16*>(p)[off]);
-    default:
-      return static_cast<const float*>(p)[off];
-  }
-}
-
-void wr(const Tensor& t, int64_t off, double v) {
-  void* p = t.data_ptr();
-  switch (t.scalar_type()) {
-    case at::kDouble:
-      static_cast<double*>(p)[off] = v;
-      break;
-    case at::kHalf:
-      static_cast<c10::Half*>(p)[off] = static_cast<c10::Half>(static_cast<float>(v));
-      break;
-    case at::kBFloat16:
-      static_cast<c10::BFloat16*>(p)[off] = static_cast<c10::BFloat16>(static_cast<float>(v));
-      break;
-    default:
-      static_cast<float*>(p)[off] = static_cast<float>(v);
-  }
-}
-
-at::MemoryFormat format_of(const Tensor& x) {
-  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast)
-             ? at::MemoryFormat::ChannelsLast
-             : at::MemoryFormat::Contiguous;
-}
 
 struct Layout {
   at::MemoryFormat fmt;
@@ -133,6 +41,16 @@ Layout layout(const Tensor& x) {
 }
 
 Tensor dense_like(const Tensor& t, const Layout& L) { return t.contiguous(L.fmt); }
+
+// The common head of the loop records: x (dense in L's layout) and its geometry.
+void set_x(XArgs& a, const Layout& L) {
+  a.dt = dt_of(L.x);
+  a.cl = L.cl;
+  a.N = L.N;
+  a.C = L.C;
+  a.HW = L.HW;
+  a.x = L.x.const_data_ptr();
+}
 
 // (sN, sC, sHW) of a [N, C, H, W] view; sHW = 0 when it has one position. nullopt-like: ok = false when H and W
 // do not merge into one index.
@@ -186,6 +104,18 @@ Mod split(const Layout& L, const Tensor& gamma, const std::optional<Tensor>& bet
 // per-(n, c) value of a per-channel (or any) [N, C, ...] view at position 0, as double
 double at_nc(const Tensor& t, int64_t n, int64_t c) { return rd(t, n * t.stride(0) + c * t.stride(1)); }
 
+// The head of a modulating pass's record: x, the activation, and the spatial gamma/beta operands (m's may be
+// copied to x's format when they cannot be read in place).
+void set_mod(ModArgs& a, const Layout& L, Mod& m, int64_t act, double slope) {
+  set_x(a, L);
+  a.act = static_cast<int>(act);
+  a.slope = slope;
+  a.g_sp = m.g_sp;
+  a.bt_sp = m.b_sp;
+  if (m.g_sp) a.g = operand(m.g, L);
+  if (m.b_sp) a.bt = operand(m.b, L);
+}
+
 template <class A>
 struct Arr {
   std::vector<A> v;
@@ -211,7 +141,7 @@ int64_t cl_chunk(int64_t C) { return std::max<int64_t>(1, 16384 / C); }
 
 void run_apply(const ApplyArgs& a) {
   const int64_t rows = a.cl ? a.N * a.HW : a.N * a.C;
-  const auto fn = tbl(a.dt).apply;
+  const auto fn = Builds::table(a.dt).apply;
   at::parallel_for(0, rows, row_grain(a.cl ? a.C : a.HW), [&](int64_t b, int64_t e) { fn(a, b, e); });
 }
 
@@ -242,52 +172,18 @@ Tensor forward_pass(const Layout& L, Mod& m, const std::vector<double>& mean, co
     }
   }
   ApplyArgs a{};
-  a.dt = dt_of(L.x);
-  a.act = static_cast<int>(act);
-  a.slope = slope;
-  a.cl = L.cl;
-  a.N = L.N;
-  a.C = L.C;
-  a.HW = L.HW;
-  a.x = L.x.const_data_ptr();
+  set_mod(a, L, m, act, slope);
   a.out = out.data_ptr();
-  a.M = M.ptr();
-  a.Mlo = Ml.ptr();
-  a.A = As.ptr();
-  a.B = Bs.ptr();
-  a.Tc = Tc.ptr();
-  a.g_sp = m.g_sp;
-  a.bt_sp = m.b_sp;
+  a.M = M.ptr(), a.Mlo = Ml.ptr();  // the mean, in two parts
+  a.A = As.ptr(), a.B = Bs.ptr(), a.Tc = Tc.ptr();
   a.tc = m.g_sp && m.b.defined() && !m.b_sp;
-  if (m.g_sp) a.g = operand(m.g, L);
-  if (m.b_sp) a.bt = operand(m.b, L);
   if (L.N > 0) run_apply(a);
   return out;
 }
 
-// Gradient buffers of gamma/beta in their own shapes laid out like x, and the C-channel views written.
-struct Grads {
-  Tensor dgamma, dbeta, dg, db;
-};
-
-Grads grad_bufs(const Layout& L, const Tensor& gamma, const std::optional<Tensor>& beta, const Mod& m) {
-  Grads r;
-  r.dgamma = at::empty(gamma.sizes(), L.x.options().memory_format(L.fmt));
-  r.dbeta = beta.has_value() ? at::empty(beta->sizes(), L.x.options().memory_format(L.fmt))
-                             : at::empty({0}, L.x.options());
-  if (m.merged) {
-    r.dg = r.dgamma.narrow(1, 0, L.C);
-    r.db = r.dgamma.narrow(1, L.C, L.C);
-  } else {
-    r.dg = r.dgamma;
-    if (beta.has_value()) r.db = r.dbeta;
-  }
-  return r;
-}
-
 // Backward pass 1 (both ops); per-(n, c) sums [N·C][4] in double, summed over channels_last chunks in order.
 template <class A>
-std::vector<double> backward_pass1(const Layout& L, const Tensor& dy, Mod& m, Grads& gr, bool gn, void* gha,
+std::vector<double> backward_pass1(const Layout& L, const Tensor& dy, Mod& m, GradBufs& gr, bool gn, void* gha,
                                    const Arr<A>& mean, const Arr<A>& rstd, const Arr<A>& w, const Arr<A>& bias,
                                    int64_t act, double slope) {
   const int64_t NC = L.N * L.C;
@@ -299,26 +195,12 @@ std::vector<double> backward_pass1(const Layout& L, const Tensor& dy, Mod& m, Gr
     }
   }
   Bwd1Args a{};
-  a.dt = dt_of(L.x);
-  a.act = static_cast<int>(act);
-  a.slope = slope;
-  a.cl = L.cl;
+  set_mod(a, L, m, act, slope);
   a.gn = gn;
-  a.N = L.N;
-  a.C = L.C;
-  a.HW = L.HW;
-  a.x = L.x.const_data_ptr();
   a.dy = dy.const_data_ptr();
-  a.mean = mean.ptr();
-  a.rstd = rstd.ptr();
-  a.w = w.ptr();
-  a.bias = bias.ptr();
-  a.g1c = g1c.ptr();
-  a.btc = btc.ptr();
-  a.g_sp = m.g_sp;
-  a.bt_sp = m.b_sp;
-  if (m.g_sp) a.g = operand(m.g, L);
-  if (m.b_sp) a.bt = operand(m.b, L);
+  a.mean = mean.ptr(), a.rstd = rstd.ptr();  // the statistics,
+  a.w = w.ptr(), a.bias = bias.ptr();        // the affine parameters,
+  a.g1c = g1c.ptr(), a.btc = btc.ptr();      // the per-channel modulation
   a.gha = gha;
   a.write_dg = m.g_sp;
   a.write_db = m.b_sp;
@@ -331,7 +213,7 @@ std::vector<double> backward_pass1(const Layout& L, const Tensor& dy, Mod& m, Gr
     a.db.p = gr.db.data_ptr();
   }
   a.chunk = cl_chunk(L.C);
-  const auto fn = tbl(a.dt).bwd1;
+  const auto fn = Builds::table(a.dt).bwd1;
   std::vector<double> sums(static_cast<size_t>(4 * NC), 0.0);
   if (!L.cl) {
     a.sums = sums.data();
@@ -363,7 +245,7 @@ std::vector<double> backward_pass1(const Layout& L, const Tensor& dy, Mod& m, Gr
 
 }  // namespace
 
-const char* cpu_path() { return tbl_any().name; }
+const char* cpu_path() { return Builds::picked().name; }
 
 // ---------------------------------------------------------------------------------------------------------------
 // sft_modulate
@@ -386,7 +268,7 @@ std::tuple<Tensor, Tensor, Tensor> sft_modulate_backward(const Tensor& grad, con
   const Layout L = layout(x);
   const Tensor dy = dense_like(grad, L);
   Mod m = split(L, gamma, beta);
-  Grads gr = grad_bufs(L, gamma, beta, m);
+  GradBufs gr = grad_bufs(L.x, L.fmt, L.C, gamma, beta, m.merged);
   Tensor dx = at::empty(L.x.sizes(), L.x.options().memory_format(L.fmt));
   if (L.N == 0) return {dx, gr.dgamma, gr.dbeta};
   with_compute(x, [&]<class A>() {
@@ -423,17 +305,12 @@ std::tuple<Tensor, Tensor, Tensor> sft_group_norm(const Tensor& x, const Tensor&
       }
     }
     StatsArgs sa{};
-    sa.dt = dt_of(L.x);
-    sa.cl = L.cl;
-    sa.N = L.N;
-    sa.C = L.C;
-    sa.HW = L.HW;
+    set_x(sa, L);
     sa.G = G;
-    sa.x = L.x.const_data_ptr();
     sa.pivot = piv.ptr();
     sa.chunk = cl_chunk(L.C);
     std::vector<double> s(static_cast<size_t>(2 * NG), 0.0);
-    const auto fn = tbl(sa.dt).stats;
+    const auto fn = Builds::table(sa.dt).stats;
     if (!L.cl) {
       sa.out = s.data();
       at::parallel_for(0, NG, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, Cg * L.HW)),
@@ -490,7 +367,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sft_group_norm_backward(
   const Layout L = layout(x);
   const Tensor dy = dense_like(grad, L);
   Mod m = split(L, gamma, beta);
-  Grads gr = grad_bufs(L, gamma, beta, m);
+  GradBufs gr = grad_bufs(L.x, L.fmt, L.C, gamma, beta, m.merged);
   Tensor dx = at::empty(L.x.sizes(), L.x.options().memory_format(L.fmt));
   auto param_grad = [&](const std::optional<Tensor>& t) {
     return t.has_value() ? at::zeros(t->sizes(), t->options().memory_format(at::MemoryFormat::Contiguous))
@@ -549,25 +426,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sft_group_norm_backward(
       }
     }
     Bwd2Args b{};
-    b.dt = dt_of(L.x);
-    b.cl = L.cl;
-    b.N = L.N;
-    b.C = L.C;
-    b.HW = L.HW;
-    b.x = L.x.const_data_ptr();
+    set_x(b, L);
     b.gha = scratch.const_data_ptr();
     b.dx = dx.data_ptr();
-    b.P = P.ptr();
-    b.Q = Q.ptr();
-    b.R = R.ptr();
-    b.mean = mu.ptr();
+    b.P = P.ptr(), b.Q = Q.ptr(), b.R = R.ptr(), b.mean = mu.ptr();
     const int64_t rows = L.cl ? L.N * L.HW : NC;
-    const auto fn = tbl(b.dt).bwd2;
+    const auto fn = Builds::table(b.dt).bwd2;
     at::parallel_for(0, rows, row_grain(L.cl ? L.C : L.HW), [&](int64_t bb, int64_t e) { fn(b, bb, e); });
   });
   return {dx, gr.dgamma, gr.dbeta, dw, dbias};
 }
 
-}  // namespace cpu
-}  // namespace sft
-}  // namespace burstkern
+}  // namespace burstkern::sft::cpu

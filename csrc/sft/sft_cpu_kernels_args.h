@@ -4,12 +4,14 @@
 
 #include <cstdint>
 
+#include "common/cpu_isa.h"
+
 namespace burstkern {
 namespace sft {
 namespace cpu {
 namespace detail {
 
-enum Dt : int { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };
+using namespace ::burstkern::cpu_isa;  // the dtype codes (Dt)
 
 // A [N, C, H·W] view read or written in place through its strides (sHW = 0: per channel).
 struct View {
@@ -19,38 +21,40 @@ struct View {
 
 // x-like tensors are dense: NCHW rows are (n, c) of HW elements, channels_last rows are (n, hw) of C elements.
 // Per-(n, c) coefficient arrays are [N·C] in the compute type (float, double for fp64).
-struct ApplyArgs {
-  int dt, act;
-  double slope;
+// What every record starts with: x's dtype code and layout, its [N, C, H·W] geometry, and x itself (dense).
+struct XArgs {
+  int dt;
   bool cl;
   int64_t N, C, HW;
   const void* x;
+};
+
+// ... and of the modulating passes: the activation (code, leaky_relu slope) and spatial gamma/beta, read in place
+struct ModArgs : XArgs {
+  int act;
+  double slope;
+  View g, bt;
+  bool g_sp, bt_sp;
+};
+
+struct ApplyArgs : ModArgs {
   void* out;
   // u = ((x − M)·A + B)·(1 + g) + (spatial beta | Tc | 0); without spatial g (folded into A, B): (x − M)·A + B (+ beta)
   const void *M, *Mlo, *A, *B, *Tc;  // the mean as M + Mlo (two compute-type parts)
-  View g, bt;
-  bool g_sp, bt_sp, tc;
+  bool tc;
 };
 
-struct StatsArgs {
-  int dt;
-  bool cl;
-  int64_t N, C, HW, G;
-  const void* x;
+struct StatsArgs : XArgs {
+  int64_t G;
   const void* pivot;  // [N·C] compute type: the pivot of each channel's group
   double* out;        // NCHW: [N·G][2] (Σd, Σd², d = x − pivot); channels_last: [units][2][C]
   int64_t chunk;      // channels_last: pixels per unit
 };
 
-struct Bwd1Args {
-  int dt, act;
-  double slope;
-  bool cl, gn;  // gn: GroupNorm (sums 0, 1 and a compute-type gha); else sft_modulate (dx = gha in x's dtype)
-  int64_t N, C, HW;
-  const void *x, *dy;
+struct Bwd1Args : ModArgs {
+  bool gn;  // gn: GroupNorm (sums 0, 1 and a compute-type gha); else sft_modulate (dx = gha in x's dtype)
+  const void* dy;
   const void *mean, *rstd, *w, *bias, *g1c, *btc;  // [N·C] compute type
-  View g, bt;
-  bool g_sp, bt_sp, has_btc;
   void* gha;  // dense x-layout: compute type (gn) or x's dtype (modulate)
   View dg, db;
   bool write_dg, write_db;
@@ -58,11 +62,7 @@ struct Bwd1Args {
   int64_t chunk;
 };
 
-struct Bwd2Args {
-  int dt;
-  bool cl;
-  int64_t N, C, HW;
-  const void* x;
+struct Bwd2Args : XArgs {
   const void* gha;  // compute type
   void* dx;
   const void *P, *Q, *R, *mean;  // dx = P·gha + Q + R·(x − mean), [N·C] compute type
@@ -76,10 +76,7 @@ struct Table {
   void (*bwd2)(const Bwd2Args&, int64_t, int64_t);
 };
 
-// one per compiled ISA (sft_cpu_kernels.cpp: default; _avx2.cpp, _avx512.cpp on x86-64)
-const Table& table_default();
-const Table& table_avx2();
-const Table& table_avx512();
+BURSTKERN_CPU_ISA_TABLES(Table);
 
 }  // namespace detail
 }  // namespace cpu

@@ -83,36 +83,39 @@ void apply_cmp(int64_t m, const A* __restrict xb, const A* __restrict gb, const 
   }
 }
 
+// f(integral_constant<int, ACT>, bool_constant<CL>) for the activation code act and the layout cl: the loops'
+// choice of compiled variant.
+template <class F>
+static inline auto with_act_cl(int act, bool cl, F&& f) {
+  auto with_cl = [&](auto kAct) { return cl ? f(kAct, std::true_type{}) : f(kAct, std::false_type{}); };
+  switch (act) {
+    case kActSilu:
+      return with_cl(std::integral_constant<int, kActSilu>{});
+    case kActRelu:
+      return with_cl(std::integral_constant<int, kActRelu>{});
+    case kActLeaky:
+      return with_cl(std::integral_constant<int, kActLeaky>{});
+    default:
+      return with_cl(std::integral_constant<int, kActNone>{});
+  }
+}
+
 template <class A>
 using ApplyFn = void (*)(int64_t, const A*, const A*, const A*, const A*, const A*, const A*, const A*, const A*, A*,
                          A);
 
-template <class A, int ACT, bool CL>
-ApplyFn<A> pick_apply2(bool gsp, int tm) {
-  if (gsp) {
-    return tm == 1 ? &apply_cmp<A, ACT, CL, true, 1> : tm == 2 ? &apply_cmp<A, ACT, CL, true, 2>
-                                                         : &apply_cmp<A, ACT, CL, true, 0>;
-  }
-  return tm == 1 ? &apply_cmp<A, ACT, CL, false, 1> : &apply_cmp<A, ACT, CL, false, 0>;
-}
-
-template <class A, int ACT>
-ApplyFn<A> pick_apply1(bool cl, bool gsp, int tm) {
-  return cl ? pick_apply2<A, ACT, true>(gsp, tm) : pick_apply2<A, ACT, false>(gsp, tm);
-}
-
+// The loop of (act, cl, gsp, tm): each is compiled once per activation, layout, spatial gamma and beta term.
 template <class A>
 ApplyFn<A> pick_apply(int act, bool cl, bool gsp, int tm) {
-  switch (act) {
-    case kActSilu:
-      return pick_apply1<A, kActSilu>(cl, gsp, tm);
-    case kActRelu:
-      return pick_apply1<A, kActRelu>(cl, gsp, tm);
-    case kActLeaky:
-      return pick_apply1<A, kActLeaky>(cl, gsp, tm);
-    default:
-      return pick_apply1<A, kActNone>(cl, gsp, tm);
-  }
+  return with_act_cl(act, cl, [&](auto kAct, auto kCl) -> ApplyFn<A> {
+    constexpr int ACT = decltype(kAct)::value;
+    constexpr bool CL = decltype(kCl)::value;
+    if (gsp) {
+      return tm == 1 ? &apply_cmp<A, ACT, CL, true, 1> : tm == 2 ? &apply_cmp<A, ACT, CL, true, 2>
+                                                           : &apply_cmp<A, ACT, CL, true, 0>;
+    }
+    return tm == 1 ? &apply_cmp<A, ACT, CL, false, 1> : &apply_cmp<A, ACT, CL, false, 0>;
+  });
 }
 
 template <class T>
@@ -259,29 +262,14 @@ template <class A>
 using Bwd1Fn = void (*)(int64_t, const A*, const A*, const A*, const A*, const A*, const A*, const A*, const A*,
                         const A*, const A*, A*, A*, A*, A*, A);
 
-template <class A, int ACT, bool CL>
-Bwd1Fn<A> pick_bwd1_2(bool gsp, bool bsp) {
-  if (gsp) return bsp ? &bwd1_cmp<A, ACT, CL, true, true> : &bwd1_cmp<A, ACT, CL, true, false>;
-  return bsp ? &bwd1_cmp<A, ACT, CL, false, true> : &bwd1_cmp<A, ACT, CL, false, false>;
-}
-
-template <class A, int ACT>
-Bwd1Fn<A> pick_bwd1_1(bool cl, bool gsp, bool bsp) {
-  return cl ? pick_bwd1_2<A, ACT, true>(gsp, bsp) : pick_bwd1_2<A, ACT, false>(gsp, bsp);
-}
-
 template <class A>
 Bwd1Fn<A> pick_bwd1(int act, bool cl, bool gsp, bool bsp) {
-  switch (act) {
-    case kActSilu:
-      return pick_bwd1_1<A, kActSilu>(cl, gsp, bsp);
-    case kActRelu:
-      return pick_bwd1_1<A, kActRelu>(cl, gsp, bsp);
-    case kActLeaky:
-      return pick_bwd1_1<A, kActLeaky>(cl, gsp, bsp);
-    default:
-      return pick_bwd1_1<A, kActNone>(cl, gsp, bsp);
-  }
+  return with_act_cl(act, cl, [&](auto kAct, auto kCl) -> Bwd1Fn<A> {
+    constexpr int ACT = decltype(kAct)::value;
+    constexpr bool CL = decltype(kCl)::value;
+    if (gsp) return bsp ? &bwd1_cmp<A, ACT, CL, true, true> : &bwd1_cmp<A, ACT, CL, true, false>;
+    return bsp ? &bwd1_cmp<A, ACT, CL, false, true> : &bwd1_cmp<A, ACT, CL, false, false>;
+  });
 }
 
 template <class A>
@@ -416,9 +404,7 @@ void bwd2_rows(const Bwd2Args& a, int64_t r0, int64_t r1) {
   const T* x = static_cast<const T*>(a.x);
   const A* gha = static_cast<const A*>(a.gha);
   T* dx = static_cast<T*>(a.dx);
-  const A* P = static_cast<const A*>(a.P);
-  const A* Q = static_cast<const A*>(a.Q);
-  const A* R = static_cast<const A*>(a.R);
+  const A *P = static_cast<const A*>(a.P), *Q = static_cast<const A*>(a.Q), *R = static_cast<const A*>(a.R);
   const A* M = static_cast<const A*>(a.mean);
   const bool CL = a.cl;
   const int64_t L = CL ? a.C : a.HW;

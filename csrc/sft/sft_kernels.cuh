@@ -12,7 +12,8 @@
 // NCHW kernels 28-80 (forward 28-48: full occupancy); channels_last keeps V channels' parameters and sums per
 // thread, up to 165 for the bf16 GroupNorm backward (one 256-thread block per SM: a known cost, not yet tuned).
 //
-// Functors: one per pass, around the element math of element.cuh. Tile functors (run by the tile walk) have
+// Functors: one per pass, around the element math of element.cuh. Tile functors (run by the tile walk) derive
+// TileFn<K, kReduce> and have
 //   prepare(T, n, c0, lanes)               per-thread, per-channel parameters (read once per thread),
 //   step(T, n, c0, hw, lanes, acc)         V lanes at position hw: elementwise outputs, and (kReduce) per-lane terms
 //                                          added to acc[lane][0..K) that the block sums into per-(n, c, chunk)
@@ -122,12 +123,22 @@ BURSTKERN_HD constexpr int lane(int k) {
 }
 
 // gamma/beta of one call: spatial ([N, C, H, W]) or per-channel ([N, C, 1, 1], sHW = 0) strided views; b ==
-// nullptr when there is no shift.
+// nullptr when there is no shift. act, slope: the activation after the modulation.
 template <typename scalar_t>
 struct ModIn {
   const scalar_t *g, *b;
   Strided gs, bs;
   bool g_sp, b_sp;
+  int act;
+  float slope;
+};
+
+// The gamma/beta gradients of one call, laid out as dgs/dbs: written by the passes where spatial, else by the
+// finalize from per-channel sums; db == nullptr without beta.
+template <typename scalar_t>
+struct ModGrads {
+  scalar_t *dg, *db;
+  Strided dgs, dbs;
 };
 
 template <int V>
@@ -167,19 +178,53 @@ BURSTKERN_HD void mod_values(const ModIn<scalar_t>& m, const Tiling&, int64_t n,
   }
 }
 
+// The gamma/beta gradients gg, gb of the V lanes at hw: stored where spatial, else summed into acc[.][KG] (gamma)
+// and acc[.][KG + 1] (beta).
+template <int KG, int V, bool CL, int K, typename scalar_t>
+BURSTKERN_HD void mod_grads(const ModIn<scalar_t>& m, const ModGrads<scalar_t>& d, int64_t n, int64_t c0, int64_t hw,
+                            const float (&gg)[V], const float (&gb)[V], float (*acc)[K]) {
+  if (m.g_sp) {
+    store_lanes<V>(d.dg, d.dgs.at(n, c0, hw), CL ? d.dgs.sC : d.dgs.sHW, d.dgs.vec, gg);
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) acc[lane<CL>(k)][KG] += gg[k];
+  }
+  if (m.b != nullptr) {
+    if (m.b_sp) {
+      store_lanes<V>(d.db, d.dbs.at(n, c0, hw), CL ? d.dbs.sC : d.dbs.sHW, d.dbs.vec, gb);
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; ++k) acc[lane<CL>(k)][KG + 1] += gb[k];
+    }
+  }
+}
+
+// The inputs of a modulated step at hw: x's V lanes, (1 + gamma) and beta; returns the lanes' dense offset.
+template <int V, bool CL, typename scalar_t>
+BURSTKERN_HD int64_t mod_step_in(const scalar_t* x, const ModIn<scalar_t>& m, const ModLanes<V>& ml, const Tiling& T,
+                                 int64_t n, int64_t c0, int64_t hw, float (&xv)[V], float (&g1)[V], float (&b)[V]) {
+  const int64_t off = dense_at<CL>(T, n, c0, hw);
+  load_lanes<V>(x, off, 1, V > 1, xv);
+  mod_values<V, CL>(m, T, n, c0, hw, ml, g1, b);
+  return off;
+}
+
+// The walk's traits of a tile functor: K terms per lane, summed by the block into partials when kReduce.
+template <int K_, bool kReduce_>
+struct TileFn {
+  static constexpr int K = K_;
+  static constexpr bool kReduce = kReduce_;
+};
+
 // ---------------------------------------------------------------------------------------------------------------
 // sft_modulate
 // ---------------------------------------------------------------------------------------------------------------
 template <typename scalar_t, int V>
-struct ModFwdFn {
-  static constexpr int K = 1;
-  static constexpr bool kReduce = false;
+struct ModFwdFn : TileFn<1, false> {
   using Lanes = ModLanes<V>;
+  ModIn<scalar_t> m;
   const scalar_t* x;
   scalar_t* out;
-  ModIn<scalar_t> m;
-  int act;
-  float slope;
 
   template <bool CL>
   BURSTKERN_HD void prepare(const Tiling& T, int64_t n, int64_t c0, Lanes& L) const {
@@ -188,28 +233,22 @@ struct ModFwdFn {
 
   template <bool CL>
   BURSTKERN_HD void step(const Tiling& T, int64_t n, int64_t c0, int64_t hw, const Lanes& L, float (*)[K]) const {
-    const int64_t off = dense_at<CL>(T, n, c0, hw);
     float xv[V], g1[V], b[V], o[V];
-    load_lanes<V>(x, off, 1, V > 1, xv);
-    mod_values<V, CL>(m, T, n, c0, hw, L, g1, b);
+    const int64_t off = mod_step_in<V, CL>(x, m, L, T, n, c0, hw, xv, g1, b);
 #pragma unroll
-    for (int k = 0; k < V; ++k) o[k] = act_fwd(xv[k] * g1[k] + b[k], act, slope);
+    for (int k = 0; k < V; ++k) o[k] = act_fwd(xv[k] * g1[k] + b[k], m.act, m.slope);
     store_lanes<V>(out, off, 1, V > 1, o);
   }
 };
 
 // dx elementwise; spatial dgamma/dbeta elementwise, per-channel ones as sums (acc[.][0] gamma, [1] beta).
 template <typename scalar_t, int V>
-struct ModBwdFn {
-  static constexpr int K = 2;
-  static constexpr bool kReduce = true;
+struct ModBwdFn : TileFn<2, true> {
   using Lanes = ModLanes<V>;
-  const scalar_t *dy, *x;
-  scalar_t *dx, *dg, *db;  // dg/db: views laid out as dgs/dbs (written here only when spatial)
-  Strided dgs, dbs;
   ModIn<scalar_t> m;
-  int act;
-  float slope;
+  const scalar_t *dy, *x;
+  scalar_t* dx;
+  ModGrads<scalar_t> d;
 
   template <bool CL>
   BURSTKERN_HD void prepare(const Tiling& T, int64_t n, int64_t c0, Lanes& L) const {
@@ -218,32 +257,17 @@ struct ModBwdFn {
 
   template <bool CL>
   BURSTKERN_HD void step(const Tiling& T, int64_t n, int64_t c0, int64_t hw, const Lanes& L, float (*acc)[K]) const {
-    const int64_t off = dense_at<CL>(T, n, c0, hw);
     float xv[V], gv[V], g1[V], b[V], o[V], gg[V];
-    load_lanes<V>(x, off, 1, V > 1, xv);
+    const int64_t off = mod_step_in<V, CL>(x, m, L, T, n, c0, hw, xv, g1, b);
     load_lanes<V>(dy, off, 1, V > 1, gv);
-    mod_values<V, CL>(m, T, n, c0, hw, L, g1, b);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      gv[k] = act_bwd(xv[k] * g1[k] + b[k], gv[k], act, slope);  // gradient wrt u
+      gv[k] = act_bwd(xv[k] * g1[k] + b[k], gv[k], m.act, m.slope);  // gradient wrt u
       o[k] = gv[k] * g1[k];
       gg[k] = gv[k] * xv[k];
     }
     store_lanes<V>(dx, off, 1, V > 1, o);
-    if (m.g_sp) {
-      store_lanes<V>(dg, dgs.at(n, c0, hw), CL ? dgs.sC : dgs.sHW, dgs.vec, gg);
-    } else {
-#pragma unroll
-      for (int k = 0; k < V; ++k) acc[lane<CL>(k)][0] += gg[k];
-    }
-    if (m.b != nullptr) {
-      if (m.b_sp) {
-        store_lanes<V>(db, dbs.at(n, c0, hw), CL ? dbs.sC : dbs.sHW, dbs.vec, gv);
-      } else {
-#pragma unroll
-        for (int k = 0; k < V; ++k) acc[lane<CL>(k)][1] += gv[k];
-      }
-    }
+    mod_grads<0, V, CL>(m, d, n, c0, hw, gg, gv, acc);
   }
 };
 
@@ -252,8 +276,7 @@ template <typename scalar_t>
 struct ModBwdFinalizeFn {
   const float* part;  // [2][N][C][nchunk]
   int64_t N, C, nchunk;
-  scalar_t *dg, *db;  // nullptr: that gradient is spatial or absent
-  Strided dgs, dbs;
+  ModGrads<scalar_t> d;  // dg/db nullptr: that gradient is spatial or absent
 
   BURSTKERN_HD void operator()(int64_t i) const {
     const int64_t n = i / C, c = i % C;
@@ -263,8 +286,8 @@ struct ModBwdFinalizeFn {
       sg += part[i * nchunk + j];
       sb += part[plane + i * nchunk + j];
     }
-    if (dg != nullptr) dg[dgs.at(n, c, 0)] = static_cast<scalar_t>(sg);
-    if (db != nullptr) db[dbs.at(n, c, 0)] = static_cast<scalar_t>(sb);
+    if (d.dg != nullptr) d.dg[d.dgs.at(n, c, 0)] = static_cast<scalar_t>(sg);
+    if (d.db != nullptr) d.db[d.dbs.at(n, c, 0)] = static_cast<scalar_t>(sb);
   }
 };
 
@@ -276,9 +299,7 @@ struct ModBwdFinalizeFn {
 // std 1 cancels nothing, and no per-element division is needed); per (n, c, chunk) partials [2][N][C][nchunk],
 // merged by GnStatsFinalizeFn with Chan's formula.
 template <typename scalar_t, int V>
-struct GnStatsFn {
-  static constexpr int K = 2;
-  static constexpr bool kReduce = true;
+struct GnStatsFn : TileFn<2, true> {
   struct Lanes {
     float p[V];
   };
@@ -353,57 +374,69 @@ struct NormLanes {
   float mean[V], rstd[V], w[V], bias[V];
 };
 
+// The GroupNorm of one call: the [N, G] statistics and the optional weight/bias (strides ws, bs), G groups of Cg.
+template <typename scalar_t>
+struct NormIn {
+  const float *mean, *rstd;
+  const scalar_t *w, *bias;
+  int64_t ws, bs, G, Cg;
+};
+
+// The lanes of the GroupNorm passes: their normalisation and their modulation.
+template <int V>
+struct GnLanes {
+  NormLanes<V> nl;
+  ModLanes<V> ml;
+};
+
 template <int V, bool CL, typename scalar_t>
-BURSTKERN_HD void norm_prepare(const Tiling&, int64_t n, int64_t c0, int64_t G, int64_t Cg, const float* mean,
-                               const float* rstd, const scalar_t* w, int64_t ws, const scalar_t* bias, int64_t bs,
-                               NormLanes<V>& L) {
+BURSTKERN_HD void gn_prepare(const Tiling& T, int64_t n, int64_t c0, const NormIn<scalar_t>& p,
+                             const ModIn<scalar_t>& m, GnLanes<V>& L) {
 #pragma unroll
   for (int k = 0; k < (CL ? V : 1); ++k) {
     const int64_t c = CL ? c0 + k : c0;
-    const int64_t ng = n * G + c / Cg;
-    L.mean[k] = mean[ng];
-    L.rstd[k] = rstd[ng];
-    L.w[k] = w != nullptr ? ld(w, c * ws) : 1.0f;
-    L.bias[k] = bias != nullptr ? ld(bias, c * bs) : 0.0f;
+    const int64_t ng = n * p.G + c / p.Cg;
+    L.nl.mean[k] = p.mean[ng];
+    L.nl.rstd[k] = p.rstd[ng];
+    L.nl.w[k] = p.w != nullptr ? ld(p.w, c * p.ws) : 1.0f;
+    L.nl.bias[k] = p.bias != nullptr ? ld(p.bias, c * p.bs) : 0.0f;
   }
+  mod_prepare<V, CL>(m, T, n, c0, L.ml);
+}
+
+// The pre-activation gradient of lane k at x: h = (x − mean)·rstd, h_aff = h·w + bias, gu = act'(h_aff·g1 + b)·gy.
+template <bool CL, int V>
+BURSTKERN_HD float gn_grad_u(const GnLanes<V>& L, int k, float x, float g1, float b, float gy, int act, float slope,
+                             float& h, float& ha) {
+  h = (x - L.nl.mean[lane<CL>(k)]) * L.nl.rstd[lane<CL>(k)];
+  ha = h * L.nl.w[lane<CL>(k)] + L.nl.bias[lane<CL>(k)];
+  return act_bwd(ha * g1 + b, gy, act, slope);
 }
 
 // normalise + affine + modulate + act in one pass.
 template <typename scalar_t, int V>
-struct GnFwdFn {
-  static constexpr int K = 1;
-  static constexpr bool kReduce = false;
-  struct Lanes {
-    NormLanes<V> nl;
-    ModLanes<V> ml;
-  };
+struct GnFwdFn : TileFn<1, false> {
+  using Lanes = GnLanes<V>;
+  ModIn<scalar_t> m;
+  NormIn<scalar_t> nm;
   const scalar_t* x;
   scalar_t* out;
-  ModIn<scalar_t> m;
-  const float *mean, *rstd;
-  const scalar_t *w, *bias;
-  int64_t ws, bs, G, Cg;
-  int act;
-  float slope;
 
   template <bool CL>
   BURSTKERN_HD void prepare(const Tiling& T, int64_t n, int64_t c0, Lanes& L) const {
-    norm_prepare<V, CL>(T, n, c0, G, Cg, mean, rstd, w, ws, bias, bs, L.nl);
+    gn_prepare<V, CL>(T, n, c0, nm, m, L);
 #pragma unroll
     for (int k = 0; k < (CL ? V : 1); ++k) L.nl.rstd[k] *= L.nl.w[k];  // (x − mean)·(rstd·w) + bias
-    mod_prepare<V, CL>(m, T, n, c0, L.ml);
   }
 
   template <bool CL>
   BURSTKERN_HD void step(const Tiling& T, int64_t n, int64_t c0, int64_t hw, const Lanes& L, float (*)[K]) const {
-    const int64_t off = dense_at<CL>(T, n, c0, hw);
     float xv[V], g1[V], b[V], o[V];
-    load_lanes<V>(x, off, 1, V > 1, xv);
-    mod_values<V, CL>(m, T, n, c0, hw, L.ml, g1, b);
+    const int64_t off = mod_step_in<V, CL>(x, m, L.ml, T, n, c0, hw, xv, g1, b);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const float h = (xv[k] - L.nl.mean[lane<CL>(k)]) * L.nl.rstd[lane<CL>(k)] + L.nl.bias[lane<CL>(k)];
-      o[k] = act_fwd(h * g1[k] + b[k], act, slope);
+      o[k] = act_fwd(h * g1[k] + b[k], m.act, m.slope);
     }
     store_lanes<V>(out, off, 1, V > 1, o);
   }
@@ -413,60 +446,33 @@ struct GnFwdFn {
 // sums per (n, c): [0] Σ g_haff, [1] Σ g_haff·h, [2] Σ gu·h_aff (per-channel gamma), [3] Σ gu (per-channel
 // beta); spatial dgamma/dbeta written here.
 template <typename scalar_t, int V>
-struct GnBwdFn {
-  static constexpr int K = 4;
-  static constexpr bool kReduce = true;
-  struct Lanes {
-    NormLanes<V> nl;
-    ModLanes<V> ml;
-  };
-  const scalar_t *dy, *x;
-  scalar_t *dg, *db;
-  Strided dgs, dbs;
+struct GnBwdFn : TileFn<4, true> {
+  using Lanes = GnLanes<V>;
   ModIn<scalar_t> m;
-  const float *mean, *rstd;
-  const scalar_t *w, *bias;
-  int64_t ws, bs, G, Cg;
-  int act;
-  float slope;
+  NormIn<scalar_t> nm;
+  const scalar_t *dy, *x;
+  ModGrads<scalar_t> d;
 
   template <bool CL>
   BURSTKERN_HD void prepare(const Tiling& T, int64_t n, int64_t c0, Lanes& L) const {
-    norm_prepare<V, CL>(T, n, c0, G, Cg, mean, rstd, w, ws, bias, bs, L.nl);
-    mod_prepare<V, CL>(m, T, n, c0, L.ml);
+    gn_prepare<V, CL>(T, n, c0, nm, m, L);
   }
 
   template <bool CL>
   BURSTKERN_HD void step(const Tiling& T, int64_t n, int64_t c0, int64_t hw, const Lanes& L, float (*acc)[K]) const {
-    const int64_t off = dense_at<CL>(T, n, c0, hw);
     float xv[V], gv[V], g1[V], b[V], gg[V];
-    load_lanes<V>(x, off, 1, V > 1, xv);
+    const int64_t off = mod_step_in<V, CL>(x, m, L.ml, T, n, c0, hw, xv, g1, b);
     load_lanes<V>(dy, off, 1, V > 1, gv);
-    mod_values<V, CL>(m, T, n, c0, hw, L.ml, g1, b);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      const float h = (xv[k] - L.nl.mean[lane<CL>(k)]) * L.nl.rstd[lane<CL>(k)];
-      const float ha = h * L.nl.w[lane<CL>(k)] + L.nl.bias[lane<CL>(k)];
-      gv[k] = act_bwd(ha * g1[k] + b[k], gv[k], act, slope);
+      float h, ha;
+      gv[k] = gn_grad_u<CL>(L, k, xv[k], g1[k], b[k], gv[k], m.act, m.slope, h, ha);
       const float gha = gv[k] * g1[k];
       acc[lane<CL>(k)][0] += gha;
       acc[lane<CL>(k)][1] += gha * h;
       gg[k] = gv[k] * ha;
     }
-    if (m.g_sp) {
-      store_lanes<V>(dg, dgs.at(n, c0, hw), CL ? dgs.sC : dgs.sHW, dgs.vec, gg);
-    } else {
-#pragma unroll
-      for (int k = 0; k < V; ++k) acc[lane<CL>(k)][2] += gg[k];
-    }
-    if (m.b != nullptr) {
-      if (m.b_sp) {
-        store_lanes<V>(db, dbs.at(n, c0, hw), CL ? dbs.sC : dbs.sHW, dbs.vec, gv);
-      } else {
-#pragma unroll
-        for (int k = 0; k < V; ++k) acc[lane<CL>(k)][3] += gv[k];
-      }
-    }
+    mod_grads<2, V, CL>(m, d, n, c0, hw, gg, gv, acc);
   }
 };
 
@@ -483,8 +489,8 @@ struct GnBwdFinalizeFn {
   const scalar_t* w;
   int64_t ws;
   float* coef;  // [2][N][G]
-  scalar_t *dw, *dbias, *dg, *db;  // nullptr: not wanted (dg/db: spatial or absent)
-  Strided dgs, dbs;
+  scalar_t *dw, *dbias;  // nullptr: not wanted
+  ModGrads<scalar_t> d;  // dg/db nullptr: spatial or absent
 
   BURSTKERN_HD float row_sum(int k, int64_t n, int64_t c) const {
     const float* p = part + k * (T.N * T.C * T.nchunk) + (n * T.C + c) * T.nchunk;
@@ -518,55 +524,44 @@ struct GnBwdFinalizeFn {
     } else {
       const int64_t r = i - NG - T.C;
       const int64_t n = r / T.C, c = r % T.C;
-      if (dg != nullptr) dg[dgs.at(n, c, 0)] = static_cast<scalar_t>(row_sum(2, n, c));
-      if (db != nullptr) db[dbs.at(n, c, 0)] = static_cast<scalar_t>(row_sum(3, n, c));
+      if (d.dg != nullptr) d.dg[d.dgs.at(n, c, 0)] = static_cast<scalar_t>(row_sum(2, n, c));
+      if (d.db != nullptr) d.db[d.dbs.at(n, c, 0)] = static_cast<scalar_t>(row_sum(3, n, c));
     }
   }
 };
 
 // Backward pass 2: dx = rstd·(w·g_haff − coef0 − h·coef1), recomputing h and g_haff from x (nothing stored).
 template <typename scalar_t, int V>
-struct GnBwdDxFn {
-  static constexpr int K = 1;
-  static constexpr bool kReduce = false;
-  struct Lanes {
-    NormLanes<V> nl;
-    ModLanes<V> ml;
+struct GnBwdDxFn : TileFn<1, false> {
+  struct Lanes : GnLanes<V> {
     float m0[V], m1[V];
   };
+  ModIn<scalar_t> m;
+  NormIn<scalar_t> nm;
+  const float* coef;
   const scalar_t *dy, *x;
   scalar_t* dx;
-  ModIn<scalar_t> m;
-  const float *mean, *rstd, *coef;
-  const scalar_t *w, *bias;
-  int64_t ws, bs, G, Cg;
-  int act;
-  float slope;
 
   template <bool CL>
   BURSTKERN_HD void prepare(const Tiling& T, int64_t n, int64_t c0, Lanes& L) const {
-    norm_prepare<V, CL>(T, n, c0, G, Cg, mean, rstd, w, ws, bias, bs, L.nl);
-    mod_prepare<V, CL>(m, T, n, c0, L.ml);
+    gn_prepare<V, CL>(T, n, c0, nm, m, L);
 #pragma unroll
     for (int k = 0; k < (CL ? V : 1); ++k) {
-      const int64_t ng = n * G + (CL ? c0 + k : c0) / Cg;
+      const int64_t ng = n * nm.G + (CL ? c0 + k : c0) / nm.Cg;
       L.m0[k] = coef[ng];
-      L.m1[k] = coef[T.N * G + ng];
+      L.m1[k] = coef[T.N * nm.G + ng];
     }
   }
 
   template <bool CL>
   BURSTKERN_HD void step(const Tiling& T, int64_t n, int64_t c0, int64_t hw, const Lanes& L, float (*)[K]) const {
-    const int64_t off = dense_at<CL>(T, n, c0, hw);
     float xv[V], gv[V], g1[V], b[V];
-    load_lanes<V>(x, off, 1, V > 1, xv);
+    const int64_t off = mod_step_in<V, CL>(x, m, L.ml, T, n, c0, hw, xv, g1, b);
     load_lanes<V>(dy, off, 1, V > 1, gv);
-    mod_values<V, CL>(m, T, n, c0, hw, L.ml, g1, b);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      const float h = (xv[k] - L.nl.mean[lane<CL>(k)]) * L.nl.rstd[lane<CL>(k)];
-      const float ha = h * L.nl.w[lane<CL>(k)] + L.nl.bias[lane<CL>(k)];
-      const float gha = act_bwd(ha * g1[k] + b[k], gv[k], act, slope) * g1[k];
+      float h, ha;
+      const float gha = gn_grad_u<CL>(L, k, xv[k], g1[k], b[k], gv[k], m.act, m.slope, h, ha) * g1[k];
       const int l = lane<CL>(k);
       gv[k] = L.nl.rstd[l] * (L.nl.w[l] * gha - L.m0[l] - h * L.m1[l]);
     }
@@ -713,8 +708,10 @@ inline Strided strided_of(const Tensor& t, const char* name, int V, bool cl) {
 }
 
 template <typename scalar_t>
-ModIn<scalar_t> mod_in(const Split& s, int V, bool cl) {
+ModIn<scalar_t> mod_in(const Split& s, int V, bool cl, int64_t act, double slope) {
   ModIn<scalar_t> m{};
+  m.act = static_cast<int>(act);
+  m.slope = static_cast<float>(slope);
   m.g = s.g.const_data_ptr<scalar_t>();
   m.gs = strided_of(s.g, "gamma", V, cl);
   m.g_sp = s.g_sp;
@@ -724,6 +721,35 @@ ModIn<scalar_t> mod_in(const Split& s, int V, bool cl) {
     m.b_sp = s.b_sp;
   }
   return m;
+}
+
+// The gradient buffers' views the kernels write (db: only with beta).
+template <typename scalar_t>
+ModGrads<scalar_t> mod_grads_of(const GradBufs& gb, int V, bool cl) {
+  ModGrads<scalar_t> d{};
+  d.dg = gb.dg.mutable_data_ptr<scalar_t>();
+  d.dgs = strided_of(gb.dg, "grad_gamma", V, cl);
+  if (gb.db.defined()) {
+    d.db = gb.db.mutable_data_ptr<scalar_t>();
+    d.dbs = strided_of(gb.db, "grad_beta", V, cl);
+  }
+  return d;
+}
+
+// The GroupNorm of a call with G groups of Cg channels, [N, G] statistics mean/rstd.
+template <typename scalar_t>
+NormIn<scalar_t> norm_in(const Tensor& mean, const Tensor& rstd, const std::optional<Tensor>& weight,
+                         const std::optional<Tensor>& bias, int64_t G, int64_t Cg) {
+  NormIn<scalar_t> p{};
+  p.mean = mean.const_data_ptr<float>();
+  p.rstd = rstd.const_data_ptr<float>();
+  p.w = weight.has_value() ? weight->const_data_ptr<scalar_t>() : nullptr;
+  p.ws = weight.has_value() ? weight->stride(0) : 0;
+  p.bias = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
+  p.bs = bias.has_value() ? bias->stride(0) : 0;
+  p.G = G;
+  p.Cg = Cg;
+  return p;
 }
 
 inline int64_t next_pow2(int64_t v) {
@@ -805,31 +831,11 @@ Tensor modulate(const Tensor& x, const Tensor& gamma, const std::optional<Tensor
   const int V = vec_width(L, x.element_size(), {&x, &out});
   const Tiling T = make_tiling(L, V);
   dispatch(x, V, [&]<typename scalar_t, int kV>() {
-    ModFwdFn<scalar_t, kV> fn{x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(),
-                              mod_in<scalar_t>(s, kV, L.cl), static_cast<int>(act), static_cast<float>(slope)};
+    ModFwdFn<scalar_t, kV> fn{{}, mod_in<scalar_t>(s, kV, L.cl, act, slope), x.const_data_ptr<scalar_t>(),
+                              out.mutable_data_ptr<scalar_t>()};
     Exec::template tile<kV>(fn, T, nullptr);
   });
   return out;
-}
-
-// Gradient buffers of gamma/beta in their own shapes, laid out like x, and the C-channel views the kernels write.
-struct GradBufs {
-  Tensor dgamma, dbeta, dg, db;
-};
-
-inline GradBufs grad_bufs(const Tensor& x, const XLayout& L, const Tensor& gamma, const std::optional<Tensor>& beta,
-                          const Split& s) {
-  GradBufs r;
-  r.dgamma = new_output(gamma.sizes(), x.options(), L.fmt);
-  r.dbeta = beta.has_value() ? new_output(beta->sizes(), x.options(), L.fmt) : placeholder(x);
-  if (s.merged) {
-    r.dg = r.dgamma.narrow(1, 0, L.C);
-    r.db = r.dgamma.narrow(1, L.C, L.C);
-  } else {
-    r.dg = r.dgamma;
-    if (beta.has_value()) r.db = r.dbeta;
-  }
-  return r;
 }
 
 template <class Exec>
@@ -840,7 +846,7 @@ std::tuple<Tensor, Tensor, Tensor> modulate_backward(const Tensor& grad, const T
   const Split& s = c.s;
   typename Exec::Guard guard(x.device());
   Tensor dx = new_output(x.sizes(), x.options(), L.fmt);
-  GradBufs gb = grad_bufs(x, L, gamma, beta, s);
+  GradBufs gb = grad_bufs(x, L.fmt, L.C, gamma, beta, s.merged);
   if (L.N == 0) return {dx, gb.dgamma, gb.dbeta};
   const int V = vec_width(L, x.element_size(), {&x, &grad, &dx});
   const Tiling T = make_tiling(L, V);
@@ -851,19 +857,12 @@ std::tuple<Tensor, Tensor, Tensor> modulate_backward(const Tensor& grad, const T
     fn.dy = grad.const_data_ptr<scalar_t>();
     fn.x = x.const_data_ptr<scalar_t>();
     fn.dx = dx.mutable_data_ptr<scalar_t>();
-    fn.dg = gb.dg.mutable_data_ptr<scalar_t>();
-    fn.dgs = strided_of(gb.dg, "grad_gamma", kV, L.cl);
-    if (gb.db.defined()) {
-      fn.db = gb.db.mutable_data_ptr<scalar_t>();
-      fn.dbs = strided_of(gb.db, "grad_beta", kV, L.cl);
-    }
-    fn.m = mod_in<scalar_t>(s, kV, L.cl);
-    fn.act = static_cast<int>(act);
-    fn.slope = static_cast<float>(slope);
+    fn.d = mod_grads_of<scalar_t>(gb, kV, L.cl);
+    fn.m = mod_in<scalar_t>(s, kV, L.cl, act, slope);
     Exec::template tile<kV>(fn, T, part.defined() ? part.mutable_data_ptr<float>() : nullptr);
     if (part.defined()) {
       ModBwdFinalizeFn<scalar_t> fin{part.const_data_ptr<float>(), L.N, L.C, T.nchunk,
-                                     g_chan ? fn.dg : nullptr, b_chan ? fn.db : nullptr, fn.dgs, fn.dbs};
+                                     {g_chan ? fn.d.dg : nullptr, b_chan ? fn.d.db : nullptr, fn.d.dgs, fn.d.dbs}};
       Exec::each(fin, L.N * L.C);
     }
   });
@@ -893,7 +892,7 @@ std::tuple<Tensor, Tensor, Tensor> group_norm(const Tensor& x, const Tensor& gam
   Tensor part = float_ws(2 * L.N * L.C * T.nchunk, x);
   dispatch(x, V, [&]<typename scalar_t, int kV>() {
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    GnStatsFn<scalar_t, kV> stats{xp, Cg};
+    GnStatsFn<scalar_t, kV> stats{{}, xp, Cg};
     Exec::template tile<kV>(stats, T, part.mutable_data_ptr<float>());
     GnStatsFinalizeFn<scalar_t> fin{part.const_data_ptr<float>(), xp, T, G, Cg, static_cast<float>(eps),
                                     mean.mutable_data_ptr<float>(), rstd.mutable_data_ptr<float>()};
@@ -901,17 +900,8 @@ std::tuple<Tensor, Tensor, Tensor> group_norm(const Tensor& x, const Tensor& gam
     GnFwdFn<scalar_t, kV> fn{};
     fn.x = xp;
     fn.out = out.mutable_data_ptr<scalar_t>();
-    fn.m = mod_in<scalar_t>(s, kV, L.cl);
-    fn.mean = mean.const_data_ptr<float>();
-    fn.rstd = rstd.const_data_ptr<float>();
-    fn.w = weight.has_value() ? weight->const_data_ptr<scalar_t>() : nullptr;
-    fn.ws = weight.has_value() ? weight->stride(0) : 0;
-    fn.bias = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
-    fn.bs = bias.has_value() ? bias->stride(0) : 0;
-    fn.G = G;
-    fn.Cg = Cg;
-    fn.act = static_cast<int>(act);
-    fn.slope = static_cast<float>(slope);
+    fn.m = mod_in<scalar_t>(s, kV, L.cl, act, slope);
+    fn.nm = norm_in<scalar_t>(mean, rstd, weight, bias, G, Cg);
     Exec::template tile<kV>(fn, T, nullptr);
   });
   return {out, mean, rstd};
@@ -928,7 +918,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_backward(
   const Split& s = c.s;
   typename Exec::Guard guard(x.device());
   Tensor dx = new_output(x.sizes(), x.options(), L.fmt);
-  GradBufs gb = grad_bufs(x, L, gamma, beta, s);
+  GradBufs gb = grad_bufs(x, L.fmt, L.C, gamma, beta, s.merged);
   auto param_grad = [&](const std::optional<Tensor>& t) {
     return t.has_value() ? new_output(t->sizes(), t->options(), at::MemoryFormat::Contiguous) : placeholder(x);
   };
@@ -945,60 +935,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_backward(
   Tensor coef = float_ws(2 * L.N * G, x);
   const bool g_chan = !s.g_sp, b_chan = s.b.defined() && !s.b_sp;
   dispatch(x, V, [&]<typename scalar_t, int kV>() {
-    const scalar_t* w = weight.has_value() ? weight->const_data_ptr<scalar_t>() : nullptr;
-    const scalar_t* bp = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
-    const int64_t ws = weight.has_value() ? weight->stride(0) : 0, bs = bias.has_value() ? bias->stride(0) : 0;
     GnBwdFn<scalar_t, kV> p1{};
     p1.dy = grad.const_data_ptr<scalar_t>();
     p1.x = x.const_data_ptr<scalar_t>();
-    p1.dg = gb.dg.mutable_data_ptr<scalar_t>();
-    p1.dgs = strided_of(gb.dg, "grad_gamma", kV, L.cl);
-    if (gb.db.defined()) {
-      p1.db = gb.db.mutable_data_ptr<scalar_t>();
-      p1.dbs = strided_of(gb.db, "grad_beta", kV, L.cl);
-    }
-    p1.m = mod_in<scalar_t>(s, kV, L.cl);
-    p1.mean = mean.const_data_ptr<float>();
-    p1.rstd = rstd.const_data_ptr<float>();
-    p1.w = w;
-    p1.ws = ws;
-    p1.bias = bp;
-    p1.bs = bs;
-    p1.G = G;
-    p1.Cg = Cg;
-    p1.act = static_cast<int>(act);
-    p1.slope = static_cast<float>(slope);
+    p1.d = mod_grads_of<scalar_t>(gb, kV, L.cl);
+    p1.m = mod_in<scalar_t>(s, kV, L.cl, act, slope);
+    p1.nm = norm_in<scalar_t>(mean, rstd, weight, bias, G, Cg);
     Exec::template tile<kV>(p1, T, part.mutable_data_ptr<float>());
     GnBwdFinalizeFn<scalar_t> fin{part.const_data_ptr<float>(),
                                   T,
                                   G,
                                   Cg,
-                                  w,
-                                  ws,
+                                  p1.nm.w,
+                                  p1.nm.ws,
                                   coef.mutable_data_ptr<float>(),
                                   weight.has_value() ? dw.mutable_data_ptr<scalar_t>() : nullptr,
                                   bias.has_value() ? dbias.mutable_data_ptr<scalar_t>() : nullptr,
-                                  g_chan ? p1.dg : nullptr,
-                                  b_chan ? p1.db : nullptr,
-                                  p1.dgs,
-                                  p1.dbs};
+                                  {g_chan ? p1.d.dg : nullptr, b_chan ? p1.d.db : nullptr, p1.d.dgs, p1.d.dbs}};
     Exec::each(fin, L.N * G + L.C + L.N * L.C);
     GnBwdDxFn<scalar_t, kV> p2{};
     p2.dy = p1.dy;
     p2.x = p1.x;
     p2.dx = dx.mutable_data_ptr<scalar_t>();
     p2.m = p1.m;
-    p2.mean = p1.mean;
-    p2.rstd = p1.rstd;
+    p2.nm = p1.nm;
     p2.coef = coef.const_data_ptr<float>();
-    p2.w = w;
-    p2.ws = ws;
-    p2.bias = bp;
-    p2.bs = bs;
-    p2.G = G;
-    p2.Cg = Cg;
-    p2.act = p1.act;
-    p2.slope = p1.slope;
     Exec::template tile<kV>(p2, T, nullptr);
   });
   return {dx, gb.dgamma, gb.dbeta, dw, dbias};
@@ -1007,10 +968,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> group_norm_backward(
 // The executor of the CUDA kernels on launch policy L (register_impls).
 template <class L>
 struct KernelImpls {
-  static constexpr auto sft_modulate = &modulate<KernelLaunch<L>>;
-  static constexpr auto sft_modulate_backward = &modulate_backward<KernelLaunch<L>>;
-  static constexpr auto sft_group_norm = &group_norm<KernelLaunch<L>>;
-  static constexpr auto sft_group_norm_backward = &group_norm_backward<KernelLaunch<L>>;
+  BURSTKERN_SFT_OPS(BURSTKERN_KERNEL_IMPL)
 };
 
 }  // namespace
