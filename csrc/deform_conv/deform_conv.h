@@ -9,6 +9,7 @@
 #include <string>
 
 #include "common/checks.h"
+#include "common/exec.h"
 #include "deform_conv/element.cuh"
 
 namespace burstkern {
@@ -36,15 +37,9 @@ Dims check_forward(const Tensor& input, const Tensor& offset, const Tensor& weig
               "stride and dilation must be >= 1 and padding >= 0, got stride (", sh, ", ", sw, "), padding (", ph,
               ", ", pw, "), dilation (", dh, ", ", dw, ")");
   Dims d{};
-  d.N = input.size(0);
-  d.Cin = input.size(1);
-  d.H = input.size(2);
-  d.W = input.size(3);
-  d.Cout = weight.size(0);
-  d.cin_g = weight.size(1);
-  d.kh = static_cast<int>(weight.size(2));
-  d.kw = static_cast<int>(weight.size(3));
-  d.K = d.kh * d.kw;
+  d.N = input.size(0), d.Cin = input.size(1), d.H = input.size(2), d.W = input.size(3);
+  d.Cout = weight.size(0), d.cin_g = weight.size(1);
+  d.kh = static_cast<int>(weight.size(2)), d.kw = static_cast<int>(weight.size(3)), d.K = d.kh * d.kw;
   TORCH_CHECK(d.cin_g >= 1 && d.Cin % d.cin_g == 0 && d.K >= 1, "weight ", weight.sizes(),
               " does not fit input ", input.sizes(), ": Cin/groups must divide Cin");
   d.groups = d.Cin / d.cin_g;
@@ -56,12 +51,9 @@ Dims check_forward(const Tensor& input, const Tensor& offset, const Tensor& weig
   d.og = offset.size(1) / (2 * d.K);
   TORCH_CHECK(d.Cin % d.og == 0, "input's ", d.Cin, " channels are not divisible by ", d.og, " offset groups");
   d.cpg = d.Cin / d.og;
-  d.sh = static_cast<int>(sh);
-  d.sw = static_cast<int>(sw);
-  d.ph = static_cast<int>(ph);
-  d.pw = static_cast<int>(pw);
-  d.dh = static_cast<int>(dh);
-  d.dw = static_cast<int>(dw);
+  d.sh = static_cast<int>(sh), d.sw = static_cast<int>(sw);
+  d.ph = static_cast<int>(ph), d.pw = static_cast<int>(pw);
+  d.dh = static_cast<int>(dh), d.dw = static_cast<int>(dw);
   d.Ho = (d.H + 2 * ph - (dh * (d.kh - 1) + 1)) / sh + 1;
   d.Wo = (d.W + 2 * pw - (dw * (d.kw - 1) + 1)) / sw + 1;
   TORCH_CHECK(d.Ho >= 1 && d.Wo >= 1, "the output would be empty (", d.Ho, "x", d.Wo, ")");
@@ -95,12 +87,12 @@ Dims check_backward(const Tensor& grad, const Tensor& input, const Tensor& offse
   return d;
 }
 
-// Exec: one function per op with its schema signature (common/exec.h).
-template <class Exec>
-void register_impls(torch::Library& m) {
-  m.impl("deform_conv2d", Exec::deform_conv2d);
-  m.impl("deform_conv2d_backward", Exec::deform_conv2d_backward);
-}
+// The family's ops, X(op, check, kernels) each (common/exec.h): the one list that register_impls, KernelImpls and
+// CpuExec expand.
+#define BURSTKERN_DEFORM_CONV_OPS(X)                  \
+  X(deform_conv2d, check_forward, forward)            \
+  X(deform_conv2d_backward, check_backward, backward)
+BURSTKERN_DEFINE_REGISTER_IMPLS(BURSTKERN_DEFORM_CONV_OPS)  // Exec: one function per op, of the op's schema signature
 
 }  // namespace deform_conv
 }  // namespace burstkern

@@ -164,6 +164,41 @@ struct WarpMma<float> {
 };
 
 
+// One k-step of mma on the staged shared-memory tiles: every thread's stores are in before the step, and the step is
+// done before the tiles are staged again.
+template <class Mma, typename S>
+__device__ __forceinline__ void synced_step(Mma& mma, const S* A, int lda, const S* B, int ldb) {
+  __syncthreads();
+  mma.step(A, lda, B, ldb);
+  __syncthreads();
+}
+
+// Output pixel p (row-major over [N, Ho, Wo]) as (n, ho, wo).
+__device__ __forceinline__ void pixel_of(const Dims& d, int64_t p, int64_t& n, int64_t& ho, int64_t& wo) {
+  n = p / (d.Ho * d.Wo);
+  const int64_t r = p - n * d.Ho * d.Wo;
+  ho = r / d.Wo;
+  wo = r - ho * d.Wo;
+}
+
+// Stages the weights of tap (ti, tj), group g, into the kRows x kCols tile Bs (zero outside the weight): input
+// channels ci0 + row and output channels co0 + column (kRowsCin), or output channels co0 + row and input channels
+// ci0 + column.
+template <int kRows, int kCols, bool kRowsCin, typename T, typename S>
+__device__ __forceinline__ void stage_weights(S (*Bs)[kCols + kPad], const T* w, const Args& a, int64_t g,
+                                              int64_t ci0, int64_t co0, int ti, int tj) {
+  const Dims& d = a.d;
+  for (int idx = threadIdx.x; idx < kRows * kCols; idx += kThreads) {
+    const int col = idx % kCols, row = idx / kCols;
+    const int64_t ci = ci0 + (kRowsCin ? row : col), co = co0 + (kRowsCin ? col : row);
+    float v = 0.0f;
+    if (ci < d.cin_g && co < d.cout_g) {
+      v = ld(w + (g * d.cout_g + co) * a.swt.n + ci * a.swt.c + ti * a.swt.h + tj * a.swt.w);
+    }
+    to_smem(&Bs[row][col], v);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // forward
 // ---------------------------------------------------------------------------------------------------------------
@@ -192,12 +227,7 @@ __global__ void __launch_bounds__(kThreads) deform_conv2d_fwd_kernel(const Args 
   const int64_t m = m0 + am;
   const bool m_ok = m < d.M;
   int64_t n = 0, ho = 0, wo = 0;
-  if (m_ok) {
-    n = m / (d.Ho * d.Wo);
-    const int64_t r = m - n * d.Ho * d.Wo;
-    ho = r / d.Wo;
-    wo = r - ho * d.Wo;
-  }
+  if (m_ok) pixel_of(d, m, n, ho, wo);
   const T* xn = x + n * a.sx.n;
 
   WarpMma<S> mma;
@@ -223,18 +253,8 @@ __global__ void __launch_bounds__(kThreads) deform_conv2d_fwd_kernel(const Args 
         }
         to_smem(&As[am][kk], v);
       }
-      for (int idx = tid; idx < kBK * kBN; idx += kThreads) {
-        const int nn = idx % kBN, kk = idx / kBN;
-        const int64_t ci = c0 + kk, co = co0 + nn;
-        float v = 0.0f;
-        if (ci < d.cin_g && co < d.cout_g) {
-          v = ld(w + (g * d.cout_g + co) * a.swt.n + ci * a.swt.c + ti * a.swt.h + tj * a.swt.w);
-        }
-        to_smem(&Bs[kk][nn], v);
-      }
-      __syncthreads();
-      mma.step(&As[wr][0], kBK + kPad, &Bs[0][wc], kBN + kPad);
-      __syncthreads();
+      stage_weights<kBK, kBN, true>(Bs, w, a, g, c0, co0, ti, tj);
+      synced_step(mma, &As[wr][0], kBK + kPad, &Bs[0][wc], kBN + kPad);
     }
   }
   mma.store(&Cs[wr][wc], kBN + 4);
@@ -287,12 +307,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t m = m_begin + static_cast<int64_t>(blockIdx.x) * kBMD + tid;
   const bool m_ok = m < m_end;
   int64_t n = 0, ho = 0, wo = 0;
-  if (m_ok) {
-    n = m / (d.Ho * d.Wo);
-    const int64_t r = m - n * d.Ho * d.Wo;
-    ho = r / d.Wo;
-    wo = r - ho * d.Wo;
-  }
+  if (m_ok) pixel_of(d, m, n, ho, wo);
   const T* x = static_cast<const T*>(a.x) + n * a.sx.n;
   const T* off = static_cast<const T*>(a.off);
   const T* msk = static_cast<const T*>(a.msk);
@@ -324,18 +339,8 @@ __global__ void __launch_bounds__(kThreads)
             const float v = (m_ok && co < d.cout_g) ? ld(gout + (g * d.cout_g + co) * a.sg.c) : 0.0f;
             to_smem(&As[tid][kk], v);
           }
-          for (int idx = tid; idx < kBK * kBND; idx += kThreads) {
-            const int cc = idx % kBND, kk = idx / kBND;
-            const int64_t co = o0 + kk, ci = c0 + cc;
-            float v = 0.0f;
-            if (co < d.cout_g && ci < d.cin_g) {
-              v = ld(w + (g * d.cout_g + co) * a.swt.n + ci * a.swt.c + ti * a.swt.h + tj * a.swt.w);
-            }
-            to_smem(&Bs[kk][cc], v);
-          }
-          __syncthreads();
-          mma.step(&As[warp * 32][0], kBK + kPad, &Bs[0][0], kBND + kPad);
-          __syncthreads();
+          stage_weights<kBK, kBND, false>(Bs, w, a, g, c0, o0, ti, tj);
+          synced_step(mma, &As[warp * 32][0], kBK + kPad, &Bs[0][0], kBND + kPad);
         }
         mma.store(&Cs[warp * 32][0], kBND + 4);
         __syncthreads();
@@ -438,9 +443,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       to_smem(&Bs[pp][bk], v);
     }
-    __syncthreads();
-    mma.step(&As[wr][0], kBK + kPad, &Bs[0][wc], kBNW + kPad);
-    __syncthreads();
+    synced_step(mma, &As[wr][0], kBK + kPad, &Bs[0][wc], kBNW + kPad);
   }
   mma.store(&Cs[wr][wc], kBNW + 4);
   __syncthreads();
@@ -594,8 +597,7 @@ struct KernelLaunch : L {
 // The executor of the CUDA kernels on launch policy L (register_impls).
 template <class L>
 struct KernelImpls {
-  static constexpr auto deform_conv2d = &forward<KernelLaunch<L>>;
-  static constexpr auto deform_conv2d_backward = &backward<KernelLaunch<L>>;
+  BURSTKERN_DEFORM_CONV_OPS(BURSTKERN_KERNEL_IMPL)
 };
 
 }  // namespace
