@@ -63,14 +63,23 @@ def _cl_dims(x: torch.Tensor, fmt) -> tuple:
 # shared device functions
 # ----------------------------------------------------------------------------------------------
 @triton.jit
+def _shifted(sig, smin, IS_CM: tl.constexpr):
+    """(e, shift) of the σ-parametrisation: CM's σ − σ_min and σ_min, EDM's σ and 0."""
+    if IS_CM:
+        e = sig - smin
+        shift = smin
+    else:
+        e = sig
+        shift = 0.0
+    return e, shift
+
+
+@triton.jit
 def _coeffs(sig, sd, smin, IS_CM: tl.constexpr):
     """(c_skip, c_out, c_in) in fp32."""
     sd2 = sd * sd
     c_in = 1.0 / tl.sqrt_rn(sig * sig + sd2)
-    if IS_CM:
-        e = sig - smin
-    else:
-        e = sig
+    e, _ = _shifted(sig, smin, IS_CM)
     c_skip = sd2 / (e * e + sd2)
     c_out = e * sd * c_in
     return c_skip, c_out, c_in
@@ -82,12 +91,7 @@ def _coeff_derivs(sig, sd, smin, IS_CM: tl.constexpr):
     sd2 = sd * sd
     den = sig * sig + sd2
     r3 = 1.0 / (den * tl.sqrt_rn(den))
-    if IS_CM:
-        e = sig - smin
-        shift = smin
-    else:
-        e = sig
-        shift = 0.0
+    e, shift = _shifted(sig, smin, IS_CM)
     dm = e * e + sd2
     d_skip = -2.0 * e * sd2 / (dm * dm)
     d_out = sd * (sd2 + shift * sig) * r3  # = sd·(den − e·σ)·r3 without the fp32 cancellation for σ ≫ sd
@@ -99,12 +103,7 @@ def _derivative_coeffs(sig, sd, smin, IS_CM: tl.constexpr):
     """(a, b, da, db) of d = (x − D)/σ = a·x − b·F and their σ-derivatives (reference.derivative_coefficients):
     no 1 − c_skip by subtraction, no −dD/σ − (x − D)/σ² (both cancel in fp32 for σ ≪ sd)."""
     sd2 = sd * sd
-    if IS_CM:
-        e = sig - smin
-        shift = smin
-    else:
-        e = sig
-        shift = 0.0
+    e, shift = _shifted(sig, smin, IS_CM)
     den = sig * sig + sd2
     dm = e * e + sd2
     s2 = sig * sig
