@@ -307,8 +307,8 @@ struct KernelLaunch : L {
 // host code: outputs and dtype dispatch. Exec: KernelLaunch<L> (device traits, Guard, elementwise(fn, total, M),
 // reduce(fn, groups, group_size, M, like): per-group sums of fn's terms handed to fn.finalize(g, sum)).
 // ---------------------------------------------------------------------------------------------------------------
-static_assert(kFloat == cpu_isa::kF32 && kDouble == cpu_isa::kF64 && kHalf == cpu_isa::kF16 &&
-              kBFloat16 == cpu_isa::kBF16);
+static_assert(int{kFloat} == cpu_isa::kF32 && int{kDouble} == cpu_isa::kF64 && int{kHalf} == cpu_isa::kF16 &&
+              int{kBFloat16} == cpu_isa::kBF16);  // ScalarKind is dtype_code's numbering
 inline int scalar_kind(at::ScalarType t) {
   const int kind = dtype_code(t);
   return kind >= 0 ? kind : kFloat;
