@@ -85,13 +85,27 @@ def why_no_cuda(torch, cpp_extension):
     return None
 
 
+def openmp_flags():
+    """-fopenmp where torch's intra-op threads are OpenMP's (Linux wheels): at::parallel_for is inline
+    (ATen/ParallelOpenMP.h) and without _OPENMP it runs the whole range on the calling thread, so every CPU kernel
+    would be single-threaded. The extension then needs libgomp.so.1, which the loader resolves to the copy torch
+    has already loaded (one OpenMP runtime, one thread pool)."""
+    import torch
+
+    if sys.platform != "linux" or "OpenMP" not in torch.__config__.parallel_info():
+        return []
+    return ["-fopenmp"]
+
+
 def make_extension(cpp_extension, testing, cuda):
     debug = env_on("DEBUG")
     cxx = ["-O0", "-g"] if debug else ["-O3"]
+    omp = openmp_flags()
+    cxx += omp
     macros = [("BURSTKERN_PYTHON_MODULE", None), ("Py_LIMITED_API", "0x030A0000")]
     macros += [("BURSTKERN_TESTING", None)] if testing else []
     kw = dict(name="burstkern._C", sources=sources(testing, cuda), include_dirs=[os.path.join(ROOT, "csrc")],
-              py_limited_api=True)
+              py_limited_api=True, extra_link_args=omp)
     if not cuda:
         return cpp_extension.CppExtension(define_macros=macros, extra_compile_args={"cxx": cxx}, **kw)
     nvcc = ["-O0", "-g", "-G"] if debug else ["-O3", "-lineinfo"]

@@ -2,12 +2,11 @@
 // (this file's, or the AVX2 / AVX-512 builds of the same code in deform_conv_cpu_kernels_avx2.cpp / _avx512.cpp).
 #include "deform_conv/deform_conv_cpu_kernels.h"
 
-#include <cstdlib>
-#include <cstring>
+#include "common/cpu_isa.h"
 
-#define BK_DCN_ISA base
-#include "deform_conv/deform_conv_cpu_kernels_impl.h"
-#undef BK_DCN_ISA
+#define BK_ISA_FAMILY deform_conv
+#define BK_ISA_BUILD base
+#include "common/cpu_isa_build.h"  // the portable build (namespace cpu::base); undefines its macros again
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define BK_DCN_X86 1
@@ -37,51 +36,23 @@ namespace deform_conv {
 namespace cpu {
 namespace {
 
-enum Path { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
-
-int detect() {
-  int best = kBase;
-#ifdef BK_DCN_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = kAvx2;
-  if (best == kAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-    best = kAvx512;
-#endif
-  const char* want = std::getenv("BURSTKERN_CPU_PATH");
-  if (want && *want) {
-    int w = best;
-    if (!std::strcmp(want, "default")) w = kBase;
-    else if (!std::strcmp(want, "avx2")) w = kAvx2;
-    else if (!std::strcmp(want, "avx512")) w = kAvx512;
-    if (w < best) best = w;  // never a path the CPU lacks
-  }
-  return best;
-}
-
 int path() {
-  static const int p = detect();
+  static const int p = cpu_isa::detect(/*avx2_f16c=*/false);
   return p;
 }
 
 }  // namespace
 
-const char* cpu_path() {
-  switch (path()) {
-    case kAvx512: return "avx512";
-    case kAvx2: return "avx2";
-    default: return "default";
-  }
-}
+const char* cpu_path() { return cpu_isa::isa_name(static_cast<cpu_isa::Isa>(path())); }
 
 at::Tensor deform_conv2d(const at::Tensor& input, const at::Tensor& offset, const at::Tensor& weight,
                          const std::optional<at::Tensor>& bias, int64_t stride_h, int64_t stride_w, int64_t pad_h,
                          int64_t pad_w, int64_t dil_h, int64_t dil_w, const std::optional<at::Tensor>& mask) {
 #ifdef BK_DCN_X86
   switch (path()) {
-    case kAvx512:
+    case cpu_isa::kAvx512:
       return avx512::forward_entry(input, offset, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, mask);
-    case kAvx2:
+    case cpu_isa::kAvx2:
       return avx2::forward_entry(input, offset, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, mask);
     default: break;
   }
@@ -95,10 +66,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> deform_co
     int64_t dil_h, int64_t dil_w, const std::optional<at::Tensor>& mask) {
 #ifdef BK_DCN_X86
   switch (path()) {
-    case kAvx512:
+    case cpu_isa::kAvx512:
       return avx512::backward_entry(grad, input, offset, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                                     mask);
-    case kAvx2:
+    case cpu_isa::kAvx2:
       return avx2::backward_entry(grad, input, offset, weight, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
                                   mask);
     default: break;

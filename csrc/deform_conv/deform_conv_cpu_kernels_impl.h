@@ -267,6 +267,7 @@ void stencil(const Geo& g, const Src<T>& off, const Src<T>* msk, int64_t n, int6
   A* __restrict pxb = scratch + pb;
   A* __restrict mb = scratch + 2 * pb;
   {
+    const bool small_x = g.Wo * g.sw + g.kw * g.dw + g.pw < (int64_t(1) << 31);
     int64_t q = 0, ho = p0 / g.Wo, wo0 = p0 % g.Wo;
     while (q < pb) {
       const int64_t seg = std::min(pb - q, g.Wo - wo0);
@@ -274,7 +275,13 @@ void stencil(const Geo& g, const Src<T>& off, const Src<T>* msk, int64_t n, int6
       const T* oy = offy + ho * off.sh + wo0 * off.sw;
       const T* ox = offx + ho * off.sh + wo0 * off.sw;
       const int64_t bx0 = wo0 * g.sw - g.pw + j * g.dw;
-      if (off.sw == 1) {
+      if (off.sw == 1 && small_x) {  // the column coordinate in int32 lanes (int64 multiply and convert are slow)
+        const int32_t bx = static_cast<int32_t>(bx0), sx = static_cast<int32_t>(g.sw);
+        for (int32_t t = 0; t < static_cast<int32_t>(seg); ++t) {
+          pyb[q + t] = by + static_cast<A>(oy[t]);
+          pxb[q + t] = static_cast<A>(bx + t * sx) + static_cast<A>(ox[t]);
+        }
+      } else if (off.sw == 1) {
         for (int64_t t = 0; t < seg; ++t) {
           pyb[q + t] = by + static_cast<A>(oy[t]);
           pxb[q + t] = static_cast<A>(bx0 + t * g.sw) + static_cast<A>(ox[t]);
@@ -330,23 +337,13 @@ void stencil(const Geo& g, const Src<T>& off, const Src<T>* msk, int64_t n, int6
     w10[k] = (real ? ly * hx : fill) * wm;
     w11[k] = (real ? ly * lx : fill) * wm;
     mm[k] = mb[k];
-  }
-  if constexpr (BWD) {
-    A* __restrict hxo = s.hx;
-    A* __restrict lxo = s.lx;
-    A* __restrict hyo = s.hy;
-    A* __restrict lyo = s.ly;
-    for (int64_t k = 0; k < pb; ++k) {
-      const A py = pyb[k], px = pxb[k];
-      const bool real = (py >= A(-1)) & (py < Hf) & (px >= A(-1)) & (px < Wf);
-      const A pyc = real ? py : A(0), pxc = real ? px : A(0);
-      const A ly = pyc - std::floor(pyc), lx = pxc - std::floor(pxc);
+    if constexpr (BWD) {
       // outside: 0, or NaN where the coordinate is not finite (x - x is NaN exactly for +-inf / NaN)
       const A fx = (px - px) == A(0) ? A(0) : nan, fy = (py - py) == A(0) ? A(0) : nan;
-      hxo[k] = real ? A(1) - lx : fx;
-      lxo[k] = real ? lx : fx;
-      hyo[k] = real ? A(1) - ly : fy;
-      lyo[k] = real ? ly : fy;
+      s.hx[k] = real ? hx : fx;
+      s.lx[k] = real ? lx : fx;
+      s.hy[k] = real ? hy : fy;
+      s.ly[k] = real ? ly : fy;
     }
   }
 }
@@ -363,6 +360,23 @@ template <typename A>
 inline void lerp_tail(A* __restrict dst, const A* __restrict x0, const A* __restrict x1, int64_t C, A a, A b, A c,
                       A d, int64_t len) {
   for (int64_t l = 0; l < len; ++l) dst[l] = fma_(d, x1[l + C], fma_(c, x1[l], fma_(b, x0[l + C], a * x0[l])));
+}
+
+// A run of len channels: 16-, 8- and 4-lane chunks, then the tail.
+template <typename A>
+inline void lerp_run(A* __restrict dst, const A* __restrict x0, const A* __restrict x1, int64_t C, A a, A b, A c,
+                     A d, int64_t len) {
+  int64_t ch = 0;
+  for (; ch + 16 <= len; ch += 16) lerp_chunk<A, 16>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
+  if (ch + 8 <= len) {
+    lerp_chunk<A, 8>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
+    ch += 8;
+  }
+  if (ch + 4 <= len) {
+    lerp_chunk<A, 4>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
+    ch += 4;
+  }
+  if (ch < len) lerp_tail<A>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d, len - ch);
 }
 
 // Backward of L channels: t.. += gcol * corner value (per lane), grad input corners += weight * gcol.
@@ -399,17 +413,7 @@ void sample(const Geo& g, const A* xp, const Sten<A>& s, const Run* runs, int64_
       const A* x0 = src0 + s.idx[q];
       const A* x1 = x0 + WpC;
       A* dst = dst0 + q * g.KC;
-      int64_t ch = 0;
-      for (; ch + 16 <= len; ch += 16) lerp_chunk<A, 16>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
-      if (ch + 8 <= len) {
-        lerp_chunk<A, 8>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
-        ch += 8;
-      }
-      if (ch + 4 <= len) {
-        lerp_chunk<A, 4>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
-        ch += 4;
-      }
-      if (ch < len) lerp_tail<A>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d, len - ch);
+      lerp_run<A>(dst, x0, x1, C, a, b, c, d, len);
     }
   }
 }
@@ -434,18 +438,7 @@ void sample_tap_runs(const Geo& g, const A* xp, const Sten<A>* sv, const Run* ru
       if constexpr (L > 0) {
         lerp_chunk<A, L>(dst, x0, x1, C, a, b, c, d);
       } else {
-        const int64_t len = run.len;
-        int64_t ch = 0;
-        for (; ch + 16 <= len; ch += 16) lerp_chunk<A, 16>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
-        if (ch + 8 <= len) {
-          lerp_chunk<A, 8>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
-          ch += 8;
-        }
-        if (ch + 4 <= len) {
-          lerp_chunk<A, 4>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d);
-          ch += 4;
-        }
-        if (ch < len) lerp_tail<A>(dst + ch, x0 + ch, x1 + ch, C, a, b, c, d, len - ch);
+        lerp_run<A>(dst, x0, x1, C, a, b, c, d, run.len);
       }
     }
   }
@@ -567,6 +560,19 @@ void pad_sample(const Geo& g, const Src<T>& x, int64_t n, A* xp) {
   }
 }
 
+// A thread's padded plane xp: sample n's, refilled only when n changes (a thread's work units are consecutive, so a
+// sample is padded once per thread that works on it).
+template <typename T, typename A>
+struct PaddedSample {
+  A* xp;
+  int64_t cached = -1;
+  void load(const Geo& g, const Src<T>& x, int64_t n) {
+    if (n == cached) return;
+    pad_sample<T, A>(g, x, n, xp);
+    cached = n;
+  }
+};
+
 template <typename A>
 inline at::Tensor mat(A* p, int64_t r, int64_t c, int64_t sr, int64_t sc) {
   return at::from_blob(p, {r, c}, {sr, sc}, at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value));
@@ -623,13 +629,10 @@ void forward_impl(const Geo& g, const at::Tensor& input, const at::Tensor& offse
     A* ob = ob_t.mutable_data_ptr<A>();
     StenStore<A> st;
     st.reset(g.og, g.Pb);
-    int64_t cached = -1;
+    PaddedSample<T, A> padded{xp};
     for (int64_t u = ub; u < ue; ++u) {
       const int64_t n = u / g.S, s = u % g.S;
-      if (cached != n) {
-        pad_sample<T, A>(g, xs, n, xp);
-        cached = n;
-      }
+      padded.load(g, xs, n);
       int64_t b0, b1;
       slot_blocks<A>(g, s, &b0, &b1);
       for (int64_t blk = b0; blk < b1; ++blk) {
@@ -774,13 +777,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(
         A* gob = gob_t.mutable_data_ptr<A>();
         StenStore<A> st;
         st.reset(g.og * g.K, g.Pb);
-        int64_t cached = -1;
+        PaddedSample<T, A> padded{xp};
         for (int64_t u = ub; u < ue; ++u) {
           const int64_t n = u / g.S, s = u % g.S;
-          if (cached != n) {
-            pad_sample<T, A>(g, xs, n, xp);
-            cached = n;
-          }
+          padded.load(g, xs, n);
           A* ga = g.S > 1 ? unit_acc.mutable_data_ptr<A>() + u * plane : acc_t_.mutable_data_ptr<A>();
           if (g.S == 1) std::fill(ga, ga + plane, A(0));
           A* gwp = gw_part.data() + (u - w0) * g.Cout * g.KCg;
