@@ -125,17 +125,19 @@ def _shift_errors(mov: Tensor, ref: Tensor, cy: Tensor, cx: Tensor, min_overlap:
     a = rows.gather(3, x0[:, :, None, :].expand(n, kx, h, w))
     xl = a + ax[:, :, None, :] * (rows.gather(3, x1[:, :, None, :].expand(n, kx, h, w)) - a)  # [n, Kx, h, w]
     y0, y1, ay = _lerp_index(gy, h)
-    errs = []
-    for j in range(cy.shape[1]):
-        top = xl.index_select(2, y0[0, j]) if n == 1 else xl.gather(2, y0[:, j][:, None, :, None].expand(n, kx, h, w))
-        bot = xl.index_select(2, y1[0, j]) if n == 1 else xl.gather(2, y1[:, j][:, None, :, None].expand(n, kx, h, w))
-        v = top + ay[:, j][:, None, :, None] * (bot - top)
-        d = (v - ref[:, None]).square_().mul_(vy[:, j][:, None, :, None]).mul_(vx[:, :, None, :])
-        errs.append(d.sum((2, 3)))                                             # [n, Kx]
-    err = torch.stack(errs, 1)                                                 # [n, Ky, Kx]
+    frames = []
+    for i in range(n):  # whole rows per dy: index_select copies rows, a gather indexes every element
+        xi, errs = xl[i], []                                                   # [Kx, h, w]
+        for j in range(cy.shape[1]):
+            top, bot = xi.index_select(1, y0[i, j]), xi.index_select(1, y1[i, j])
+            v = top + ay[i, j][None, :, None] * (bot - top)
+            d = (v - ref[i]).square_().mul_(vy[i, j][None, :, None]).mul_(vx[i][:, None, :])
+            errs.append(d.sum((1, 2)))                                         # [Kx]
+        frames.append(torch.stack(errs))
+    err = torch.stack(frames) if frames else mov.new_zeros(0, cy.shape[1], kx)  # [n, Ky, Kx]
     cnt = vy.sum(-1)[:, :, None] * vx.sum(-1)[:, None, :]
     err = torch.where(cnt >= min_overlap * h * w, err / cnt.clamp_min(1.0), torch.full_like(err, float("inf")))
-    return err.reshape(n, -1)
+    return err.reshape(n, cy.shape[1] * kx)
 
 
 @torch.no_grad()
