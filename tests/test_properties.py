@@ -158,6 +158,11 @@ def test_sft_every_backend_matches_the_reference(c):
         def fn(x, gamma, beta, wt, bs):
             return ops.sft_group_norm(x, gamma, beta, c["groups"], wt, bs, act=c["act"])
     name = "sft_modulate" if c["op"] == "mod" else "sft_group_norm"
+    if c["op"] == "gn" and n * (ch // c["groups"]) * h * w == 1:  # one value in all: every backend refuses it
+        for backend in backends(name):
+            with burstkern.backend(backend), pytest.raises(burstkern.ArgumentError, match="more than 1 value"):
+                fn(x.to(c["dtype"]), gamma.to(c["dtype"]), beta, wt, bs)
+        return
     for backend in backends(name):
         _compare(fn, [x, gamma, beta, wt, bs], c["dtype"], backend, f"{name}[{backend}] {c}")
 
@@ -199,3 +204,16 @@ def test_denoise_every_backend_matches_the_reference(c):
           "loss": "edm_loss"}[which]
     for backend in backends(op):
         _compare(fn, [x, F, y, sigma], c["dtype"], backend, f"{op}[{backend}] {c}")
+
+
+def test_group_norm_of_a_single_value_is_refused_on_every_backend():
+    """N·(C/num_groups)·H·W = 1 (found by the long profile: the reference raised torch's ValueError, the compiled
+    kernels returned 0): every backend raises the library's ArgumentError, as torch.nn.functional.group_norm
+    refuses it; two values in all (N = 2) normalise to 0 on every backend, as in torch."""
+    x, gamma = torch.randn(1, 1, 1, 1), torch.randn(1, 1, 1, 1)
+    for backend in backends("sft_group_norm"):
+        with burstkern.backend(backend), pytest.raises(burstkern.ArgumentError, match="more than 1 value per group"):
+            ops.sft_group_norm(x, gamma, None, 1)
+        with burstkern.backend(backend):
+            out = ops.sft_group_norm(torch.randn(2, 1, 1, 1), torch.randn(2, 1, 1, 1), None, 1)
+        assert torch.equal(out, torch.zeros_like(out)), backend

@@ -258,6 +258,9 @@ def check_group_norm_args(x, gamma, beta, num_groups, weight, bias, eps, act) ->
     if num_groups < 1 or c % num_groups != 0:
         raise C.ArgumentError(f"num_groups must be a positive divisor of x's {c} channels, got {num_groups} "
                          f"(x: {C.describe(x)})")
+    if x.numel() // num_groups == 1:  # torch.nn.functional.group_norm's rule: N·(C/num_groups)·H·W values in all
+        raise C.ArgumentError(f"sft_group_norm: expected more than 1 value per group in all (N·C/num_groups·H·W = 1, "
+                              f"as torch.nn.functional.group_norm), got x {C.describe(x)} with num_groups {num_groups}")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None:
             C.check_tensor(name, t, ndim=1)
