@@ -11,18 +11,10 @@ from burstkern import _extension
 from burstkern import profiling
 from burstkern.registry import backend_available
 from burstkern.models import EBSRD, PRESETS
-from utils import assert_rel_close, rel_err, requires_cuda
+from utils import assert_rel_close, rel_err, requires_cuda, tiny_ebsrd
 
 
-def make_model(seed=0, dtype=torch.float32, device="cpu"):
-    """The tiny preset with its zero-initialised layers perturbed, so every path contributes to the output."""
-    torch.manual_seed(seed)
-    model = EBSRD("tiny").eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.05)
-    return model.to(device=device, dtype=dtype)
+make_model = tiny_ebsrd
 
 
 def burst(n=1, dtype=torch.float32, device="cpu", seed=1):

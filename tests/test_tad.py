@@ -13,7 +13,7 @@ from burstkern import methods, ops
 from burstkern.models import EBSRD, PRESETS
 from burstkern.models.discriminator import TimeAwareDiscriminator
 from burstkern.registry import backend_available
-from utils import rel_err
+from utils import rel_err, tiny_ebsrd
 
 OPS = ("deform_conv2d", "sft_group_norm", "sft_modulate", "cm_update", "add_noise", "edm_euler_update",
        "edm_heun_update", "denoise_combine")  # (edm_scalings / cm_scalings: reference on every backend)
@@ -30,12 +30,8 @@ def backends():
 
 def make_model(seed=0):
     """tiny E-BSRD with its zero-initialised layers perturbed, student = teacher + a small perturbation."""
-    torch.manual_seed(seed)
-    model = EBSRD("tiny").eval()
+    model = tiny_ebsrd(seed)
     with torch.no_grad():
-        for p in model.parameters():
-            if p.abs().sum() == 0:
-                p.normal_(0, 0.05)
         model.student.load_state_dict(model.denoiser.state_dict())
         for p in model.student.parameters():
             p.add_(0.01 * torch.randn_like(p))

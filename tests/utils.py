@@ -156,3 +156,16 @@ def native_namespace():
             why = f"burstkern._C is not built ({type(exc).__name__}: {exc})"
         _native_state["ns"], _native_state["why"] = ns, why
     return _native_state["ns"], _native_state["why"]
+
+
+def tiny_ebsrd(seed=0, dtype=torch.float32, device="cpu"):
+    """EBSRD("tiny") with its zero-initialised layers perturbed (N(0, 0.05)), so every path contributes to the output."""
+    from burstkern.models import EBSRD
+
+    torch.manual_seed(seed)
+    model = EBSRD("tiny").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    return model.to(device=device, dtype=dtype)
