@@ -47,6 +47,7 @@ class ExtensionState:
     cpu_ops: frozenset = frozenset()  # the op families whose CPU kernels are the real ones ("deform_conv", ...)
     testing: bool = False       # test machinery (SIMT emulation, poisoning, test ops) compiled in
     cpu_path: str = ""          # the vector path the CPU kernels run ("avx512", "avx2", "default")
+    cpu_gemm: str = ""          # the library of the CPU kernels' fp32 block GEMMs ("onednn", "aten")
     flags: str = ""
 
 
@@ -66,7 +67,8 @@ def _state_of_loaded() -> ExtensionState:
         f = _parse_flags(text)
         fams = frozenset(x for x in f.get("cpu_ops", "").split(",") if x and x != "none")
         return ExtensionState(True, None, cuda=f.get("cuda") == "1", cpu_kernels=f.get("cpu_kernels") == "1",
-                              cpu_ops=fams, testing=f.get("testing") == "1", cpu_path=f.get("cpu_vec", ""), flags=text)
+                              cpu_ops=fams, testing=f.get("testing") == "1", cpu_path=f.get("cpu_vec", ""),
+                              cpu_gemm=f.get("cpu_gemm", ""), flags=text)
     # an older build without build_flags: CUDA kernels and the GPU-order CPU test loops only
     info = build_info()
     return ExtensionState(True, None, cuda=bool(info.get("built")), cpu_kernels=False,

@@ -43,6 +43,7 @@ def _extension_lines() -> List[str]:
         kinds = ", ".join(k for k, on in (("CPU kernels", st.cpu_kernels), ("CUDA kernels", st.cuda)) if on)
         lines = [f"burstkern._C  loaded: {kinds or 'no kernels'}"
                  + (f"; CPU vector path {st.cpu_path}" if st.cpu_path else "")
+                 + (f"; fp32 block GEMMs {st.cpu_gemm}" if st.cpu_gemm else "")
                  + ("; test build (BURSTKERN_TESTING=1: SIMT emulation, poisoning, test ops)" if st.testing
                     else "; release build (no test machinery)")]
     if info.get("built"):

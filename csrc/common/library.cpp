@@ -5,6 +5,8 @@
 // in a testing build. This file defines the namespace once, and build_flags.
 #include "common/library.h"
 
+#include "common/cpu_gemm.h"
+
 #include <torch/library.h>
 
 #include <string>
@@ -23,7 +25,8 @@ std::vector<std::pair<std::string, const char* (*)()>>& cpu_families() {
 //   "testing=0 cuda=1 cpu_kernels=1 cpu_vec=avx2 cpu_ops=deform_conv,denoise,sft"
 // testing: the test machinery of csrc/testing/ is in; cuda: the CUDA kernels are in; cpu_kernels: every op family
 // runs real CPU kernels on CPU tensors; cpu_vec: their vector path on this machine (default, avx2, avx512;
-// "family:path,..." if the families differ; "none" without CPU kernels); cpu_ops: the families that have them.
+// "family:path,..." if the families differ; "none" without CPU kernels); cpu_ops: the families that have them;
+// cpu_gemm: the library of the kernels' fp32 block GEMMs (onednn or aten, common/cpu_gemm.h).
 std::string build_flags() {
 #ifdef BURSTKERN_TESTING
   std::string flags = "testing=1";
@@ -51,7 +54,8 @@ std::string build_flags() {
   }
   flags += all ? " cpu_kernels=1" : " cpu_kernels=0";
   flags += " cpu_vec=" + (ops.empty() ? std::string("none") : same ? first : vec);
-  return flags + " cpu_ops=" + (ops.empty() ? std::string("none") : ops);
+  flags += " cpu_ops=" + (ops.empty() ? std::string("none") : ops);
+  return flags + " cpu_gemm=" + cpu_gemm::fp32_library();
 }
 
 }  // namespace
