@@ -407,6 +407,44 @@ def test_vector_paths(path):
     assert "OK" in out.stdout
 
 
+_GEMM_SCRIPT = r"""
+import sys, torch
+sys.path.insert(0, {root!r})
+import tests.test_deform_conv_native as T
+print("FLAGS", torch.ops.burstkern_C.build_flags() if hasattr(torch.ops, "burstkern_C") and
+      hasattr(torch.ops.burstkern_C, "build_flags") else "")
+for dtype in (torch.float32, torch.bfloat16):
+    for cfg in (dict(), dict(groups=3, og=2, c=12, cout=6), dict(og=1, c=20, cout=4, bias=False)):
+        T.check(T.make(dtype=dtype, **cfg))
+    a = T.make(dtype=dtype)
+    a["x"] = a["x"].contiguous(memory_format=torch.channels_last)  # channels_last output: the other GEMM form
+    T.check(a)
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("library", ["aten", "onednn"])
+def test_gemm_library(library):
+    """The block GEMMs (csrc/common/cpu_gemm.h) through oneDNN (default where torch exports it) and through at::mm
+    (BURSTKERN_CPU_GEMM=aten) both match the fp64 reference, forward and every gradient; build_flags names the one
+    in use."""
+    nat = native()
+    if nat.how != "burstkern_C":
+        pytest.skip("the GEMM library is reported by burstkern._C's build_flags")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("BURSTKERN_CPU_GEMM", None)
+    if library == "aten":
+        env["BURSTKERN_CPU_GEMM"] = "aten"
+    out = subprocess.run([sys.executable, "-c", _GEMM_SCRIPT.format(root=os.path.dirname(HERE))],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    flags = next(ln for ln in out.stdout.splitlines() if ln.startswith("FLAGS")).split()
+    has_onednn = torch.backends.mkldnn.is_available()
+    want = library if (library == "aten" or has_onednn) else "aten"
+    assert f"cpu_gemm={want}" in flags, flags
+    assert "OK" in out.stdout
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # through the public op
 def test_public_op_native_backend():
