@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..nn.resample import cubic_matrix, resample_separable, separable_applies
+
 __all__ = ["demosaic_bilinear", "upsample_true_phase", "aligned_baseline", "register_translations",
            "merge_burst"]
 
@@ -68,6 +70,10 @@ def upsample_true_phase(img: Tensor, factor: int = 4) -> Tensor:
         p = torch.arange(factor * n_lr, dtype=torch.float32, device=img.device) / factor  # LR coordinate
         return 2.0 * p / max(n_lr - 1, 1) - 1.0                                            # align_corners=True
 
+    if separable_applies(x):  # the same bicubic taps as grid_sample below, as two GEMMs (burstkern.nn.resample)
+        p = torch.arange(factor * max(h, w), dtype=torch.float64, device=img.device) / factor
+        out = resample_separable(x, cubic_matrix(p[:factor * h], h), cubic_matrix(p[:factor * w], w))
+        return out.reshape(*lead, c, factor * h, factor * w)
     gy, gx = coords(h), coords(w)
     grid = torch.stack((gx[None, :].expand(len(gy), -1), gy[:, None].expand(-1, len(gx))), dim=-1)
     grid = grid[None].expand(x.shape[0], -1, -1, -1).to(x.dtype)
@@ -87,11 +93,14 @@ def _sample(img: Tensor, gy: Tensor, gx: Tensor, mode: str = "bicubic") -> Tuple
     """Sample ``img`` ``[N, C, h, w]`` at pixel coordinates ``gy`` ``[N, H]``, ``gx`` ``[N, W]`` (separable grid);
     returns (values ``[N, C, H, W]``, validity ``[N, 1, H, W]``: inside the frame)."""
     n, c, h, w = img.shape
-    ny = 2.0 * gy / max(h - 1, 1) - 1.0
-    nx = 2.0 * gx / max(w - 1, 1) - 1.0
-    grid = torch.stack((nx[:, None, :].expand(n, ny.shape[1], nx.shape[1]),
-                        ny[:, :, None].expand(n, ny.shape[1], nx.shape[1])), dim=-1).to(img.dtype)
-    out = F.grid_sample(img, grid, mode=mode, padding_mode="border", align_corners=True)
+    if mode == "bicubic" and separable_applies(img):  # grid_sample's taps, as two GEMMs (burstkern.nn.resample)
+        out = resample_separable(img, cubic_matrix(gy, h), cubic_matrix(gx, w))
+    else:
+        ny = 2.0 * gy / max(h - 1, 1) - 1.0
+        nx = 2.0 * gx / max(w - 1, 1) - 1.0
+        grid = torch.stack((nx[:, None, :].expand(n, ny.shape[1], nx.shape[1]),
+                            ny[:, :, None].expand(n, ny.shape[1], nx.shape[1])), dim=-1).to(img.dtype)
+        out = F.grid_sample(img, grid, mode=mode, padding_mode="border", align_corners=True)
     valid = ((gy >= 0) & (gy <= h - 1))[:, None, :, None] & ((gx >= 0) & (gx <= w - 1))[:, None, None, :]
     return out, valid.to(img.dtype)
 

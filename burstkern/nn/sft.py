@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..ops._common import ArgumentError, ArgumentTypeError
 from ..ops.sft import sft_group_norm, sft_modulate
 from ..ops.sft.op import parse_act
+from .resample import bicubic_resize
 
 __all__ = ["SFT", "SPADEGroupNorm", "ScaleShiftGroupNorm"]
 
@@ -50,6 +51,11 @@ def _modulate_eager(x: Tensor, gamma: Tensor, beta: Optional[Tensor], act: Optio
 def _group_norm_eager(x: Tensor, gamma: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
                       eps: float, act: Optional[str]) -> Tensor:
     return sft_group_norm(x, gamma, None, num_groups, weight, bias, eps, act=act)
+
+
+@torch.jit.unused
+def _resize_eager(cond: Tensor, size: List[int]) -> Tensor:
+    return bicubic_resize(cond, size)
 
 
 # Under torch.jit.script the modules call the ops themselves (which resolve their kernel at run time); in Python
@@ -183,7 +189,9 @@ class SPADEGroupNorm(nn.Module):
         """The condition at ``size`` ``[H, W]``: bicubic, as BSRD resizes it for each U-Net level."""
         if torch.jit.is_tracing():  # ONNX export: a constant size keeps the graph's shapes static
             size = [int(size[0]), int(size[1])]
-        return F.interpolate(cond, size=size, mode="bicubic", align_corners=False)
+        if torch.jit.is_scripting():
+            return F.interpolate(cond, size=size, mode="bicubic", align_corners=False)
+        return _resize_eager(cond, size)
 
     def modulation(self, x: Tensor, cond: Tensor) -> Tensor:
         """The merged ``[N, 2C, H, W]`` gamma|beta for x (gamma first)."""

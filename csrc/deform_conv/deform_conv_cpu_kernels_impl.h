@@ -486,6 +486,9 @@ void sample_tap(const Geo& g, const A* xp, StenStore<A>& st, const std::vector<R
   if (uniform && len == 8) return sample_tap_runs<A, 8>(g, xp, sv.data(), runs.data(), nr, tap, pb, colT);
   if (uniform && len == 16) return sample_tap_runs<A, 16>(g, xp, sv.data(), runs.data(), nr, tap, pb, colT);
   if (uniform && len == 4) return sample_tap_runs<A, 4>(g, xp, sv.data(), runs.data(), nr, tap, pb, colT);
+  // 48 or 96 channels in 8 offset groups (the paper preset's encoder at C = 48)
+  if (uniform && len == 6) return sample_tap_runs<A, 6>(g, xp, sv.data(), runs.data(), nr, tap, pb, colT);
+  if (uniform && len == 12) return sample_tap_runs<A, 12>(g, xp, sv.data(), runs.data(), nr, tap, pb, colT);
   sample_tap_runs<A, 0>(g, xp, sv.data(), runs.data(), nr, tap, pb, colT);
 }
 
