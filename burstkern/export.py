@@ -36,7 +36,7 @@ class OneStep(nn.Module):
         cfg = m.config
         net = m.student if getattr(m, "student", None) is not None else m.denoiser
         x_init, cond = m.initial(burst)
-        sig = torch.full((), cfg.sigma_tau, dtype=torch.float32, device=x_init.device)
+        sig = torch.full((), cfg.start_sigma, dtype=torch.float32, device=x_init.device)
         _, _, c_in, c_noise = ops.cm_scalings(sig, cfg.cm_sigma_min, cfg.sigma_data)
         x = ops.add_noise(x_init, sig, noise=noise)
         f = net(x * c_in.to(x.dtype), c_noise.to(x.dtype).expand(x.shape[0]), cond)

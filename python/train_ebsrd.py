@@ -9,7 +9,14 @@ photographs plus seeded dead-leaves images (training seed range; nothing is down
 1. encoder + initial head: x_init = registered shift-and-add of the frames + learned residual, L1 to the ground
    truth;
 2. teacher: EDM training with σ log-uniform on [cm_sigma_min, σ_τ] (where early-step sampling uses it);
-3. student: distilled at σ_τ onto the teacher's Heun solution from the same x_τ = x_init + σ_τ·ε.
+3. student: distilled at σ_τ onto the teacher's Heun solution from the same x_τ = x_init + σ_τ·ε;
+
+then (default on, ``--no-select-sigma`` skips it) the inference start noise is selected: the one-step student on
+the validation split (:func:`burstkern.data.validation_bursts`, seed 0, no teacher) at every σ of ``--sigma-grid``,
+and the σ of the highest mean PSNR is stored as the config's ``inference_sigma_tau`` (what ``one_step`` / ``teacher``
+/ ``forward`` use by default; training σ_τ unchanged). The grid's PSNR / SSIM are recorded in the checkpoint
+(``sigma_selection``) and the JSON log. ``--resume`` of a finished checkpoint runs just this step and the final
+evaluation again, so an existing checkpoint is updated exactly as a fresh run would write it (weights unchanged).
 
 Every stage uses AdamW with warm-up + cosine decay. The checkpoint (``--out``) is written after every stage and
 every ``--checkpoint-every`` steps, with what ``--resume`` needs to continue exactly where it stopped. At the end it
@@ -19,6 +26,7 @@ the checkpoint and shown by ``burstkern demo``), and writes the loss curves (``-
 
     OMP_NUM_THREADS=1 python python/train_ebsrd.py --out tiny.pt          # the shipped recipe (~40 min, 1 core)
     python python/train_ebsrd.py --resume tiny.pt                         # continue an interrupted run
+    python python/train_ebsrd.py --resume tiny.pt --out new.pt            # finished run: select σ_τ + evaluate
     burstkern demo --checkpoint tiny.pt
 """
 
@@ -37,6 +45,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 STAGES = ("initial", "denoiser", "student")
+# checkpoint keys this script writes (the rest of a resumed checkpoint is carried over as it is)
+_WRITTEN = ("format", "config", "state_dict", "losses", "preset", "args", "train_seconds", "train_cpu_seconds",
+            "train_state", "heldout", "sigma_selection")
+SIGMA_GRID = (0.002, 0.003, 0.005, 0.01, 0.02, 0.03)  # 0.002 = the tiny student's cm_sigma_min: skipped
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-teacher-steps", type=int, default=40, help="Heun steps of the teacher in the evaluation")
+    p.add_argument("--no-select-sigma", action="store_true", help="skip the validation selection of the inference "
+                                                                  "start noise σ_τ (inference then uses σ_τ)")
+    p.add_argument("--sigma-grid", type=float, nargs="+", default=list(SIGMA_GRID),
+                   help="inference start noise levels the selection tries on the validation split")
     p.add_argument("--no-eval", action="store_true", help="skip the final validation / held-out evaluation")
     p.add_argument("--skip-validation", action="store_true", help="final evaluation on the held-out set only")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars even on a terminal")
@@ -124,6 +140,41 @@ def _paths(args):
     return args.log or stem + ".json", args.curves or stem + "_curves.png"
 
 
+def select_sigma(model, bursts, grid=SIGMA_GRID, seed: int = 0, device=None, score=None):
+    """The inference start noise: the σ of ``grid`` whose one-step student has the highest mean PSNR on ``bursts``
+    (the validation split; ties: the first; levels <= the student's ``cm_sigma_min`` skipped). Returns
+    ``(sigma, rows)``, rows ``{"sigma", "psnr", "ssim", "hf_ratio"}`` in grid order. ``score(model, bursts, sigma) -> {"psnr", "ssim", ...}`` replaces the measurement
+    (tests); the default is :func:`burstkern.demo.evaluate_set`'s one-step row at that σ (seed ``seed``)."""
+    # the consistency student is defined above its σ_min only (at σ_min it is the identity): such levels are skipped
+    low = model.config.cm_sigma_min
+    skipped = [float(g) for g in grid if not float(g) > low]
+    grid = [float(g) for g in grid if float(g) > low]
+    if not grid:
+        raise ValueError(f"select_sigma: no grid level above the student's cm_sigma_min ({low:g})")
+    if skipped:
+        print(f"select_sigma: skipping σ_τ {', '.join(f'{g:g}' for g in skipped)} (not above the student's "
+              f"cm_sigma_min = {low:g}, where the consistency sampler is undefined)")
+    if score is None:
+        from burstkern.demo import evaluate_set
+
+        def score(m, b, sigma):
+            old = m.config.inference_sigma_tau
+            m.config.inference_sigma_tau = float(sigma)
+            try:
+                rows = evaluate_set(m, b, teacher_steps=0, seed=seed, device=device)
+            finally:
+                m.config.inference_sigma_tau = old
+            return next(r for r in rows if r["method"] == "one-step")
+
+    rows = []
+    for sigma in grid:
+        r = score(model, bursts, float(sigma))
+        rows.append({"sigma": float(sigma), "psnr": float(r["psnr"]), "ssim": float(r["ssim"]),
+                     **({"hf_ratio": float(r["hf_ratio"])} if "hf_ratio" in r else {})})
+    best = max(range(len(rows)), key=lambda i: (rows[i]["psnr"], -i))
+    return rows[best]["sigma"], rows
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -153,10 +204,13 @@ def train(args) -> int:
     times = {k: 0.0 for k in STAGES}
     cpu = {k: 0.0 for k in STAGES}   # process CPU seconds: the one-core cost, whatever else the machine runs
     state = {"done": [], "stage": None, "resume": None}
+    carried = {}
     if args.resume:
         model, ckpt = load_checkpoint(args.resume)
         model = model.to(device)
         state = ckpt["train_state"]
+        # other records of the resumed checkpoint (e.g. notes) carry over; what this run measures is written anew
+        carried = {k: v for k, v in ckpt.items() if k not in _WRITTEN}
         losses.update(ckpt.get("losses", {}))
         times.update(ckpt.get("train_seconds", {}))
         cpu.update(ckpt.get("train_cpu_seconds", {}))
@@ -168,7 +222,7 @@ def train(args) -> int:
             return
         tmp = path + ".tmp"
         save_checkpoint(tmp, model, losses=losses, half=half, preset=args.preset, args=vars(args),
-                        train_seconds=times, train_cpu_seconds=cpu, train_state=state, **extra)
+                        train_seconds=times, train_cpu_seconds=cpu, train_state=state, **{**carried, **extra})
         os.replace(tmp, path)
 
     bd.broadcast_module(model)  # every rank starts from rank 0's weights
@@ -213,22 +267,45 @@ def train(args) -> int:
             print(f"  {name:<9} {len(h):>5} steps, {times[name]:7.1f} s wall, {cpu[name]:7.1f} s CPU; loss first {q}: "
                   f"{sum(h[:q]) / q:.4g}, "
                   f"last {q}: {sum(h[-q:]) / q:.4g}", flush=True)
-    total, total_cpu = sum(times.values()), sum(cpu.values())
+    # a stage time may be None (not recorded by an older run, e.g. the shipped weights' stage 1 CPU time)
+    total = sum(v for v in times.values() if v is not None)
+    total_cpu = sum(v for v in cpu.values() if v is not None)
     print(f"trained in {total / 60:.1f} min wall, {total_cpu / 60:.1f} min CPU "
-          f"({', '.join(f'{k} {v:.0f} s' for k, v in cpu.items())} CPU) on {machine()}")
+          f"({', '.join(f'{k} ' + ('?' if v is None else f'{v:.0f}') + ' s' for k, v in cpu.items())} CPU) on "
+          f"{machine()}")
+
+    extra = {}
+    if not getattr(args, "no_select_sigma", False) and bd.is_main():
+        from burstkern.data import HELDOUT_CROP, validation_bursts
+        from burstkern.demo import evaluate_set  # noqa: F401 - import errors here, not mid-selection
+
+        t0 = time.perf_counter()
+        sel_model = _as_stored(model, args, device)
+        bursts = validation_bursts(burst_size=cfg.burst_size, crop=HELDOUT_CROP)
+        grid = tuple(getattr(args, "sigma_grid", None) or SIGMA_GRID)
+        sigma, sel_rows = select_sigma(sel_model, bursts, grid, seed=0, device=device)
+        model.config.inference_sigma_tau = sigma
+        extra["sigma_selection"] = {"split": "validation", "bursts": len(bursts["names"]), "seed": 0,
+                                    "method": "one-step", "grid": [float(g) for g in grid], "rows": sel_rows,
+                                    "skipped": [float(g) for g in grid if not float(g) > cfg.cm_sigma_min],
+                                    "selected": sigma, "train_sigma_tau": cfg.sigma_tau,
+                                    "seconds": time.perf_counter() - t0}
+        print(f"inference σ_τ selected on the validation set ({len(bursts['names'])} bursts, one-step, seed 0, "
+              f"{time.perf_counter() - t0:.0f} s): {sigma:g} (training σ_τ {cfg.sigma_tau:g})\n"
+              + "\n".join(f"  σ_τ {r['sigma']:<6g} PSNR {r['psnr']:6.2f} dB  SSIM {r['ssim']:.4f}"
+                          + ("  <- selected" if r["sigma"] == sigma else "") for r in sel_rows), flush=True)
+    elif getattr(args, "no_select_sigma", False):
+        model.config.inference_sigma_tau = None
 
     log = {"args": vars(args), "train_seconds": times, "train_cpu_seconds": cpu, "total_seconds": total,
            "total_cpu_seconds": total_cpu, "machine": machine(), "losses": losses}
-    extra = {}
+    if "sigma_selection" in extra:
+        log["sigma_selection"] = extra["sigma_selection"]
     if not args.no_eval and bd.is_main():
         from burstkern.data import HELDOUT_CROP, heldout_bursts, validation_bursts
         from burstkern.demo import evaluate_set, format_table
 
-        eval_model = model
-        if args.half:  # score the weights as shipped (fp16 storage, fp32 compute)
-            eval_model = EBSRD(cfg).to(device)
-            eval_model.load_state_dict({k: v.half().float() if v.is_floating_point() else v
-                                        for k, v in model.state_dict().items()})
+        eval_model = _as_stored(model, args, device)
         for split, fn in (("validation", validation_bursts), ("heldout", heldout_bursts)):
             if split == "validation" and args.skip_validation:
                 continue
@@ -240,7 +317,7 @@ def train(args) -> int:
                   f"{time.perf_counter() - t0:.0f} s):\n{format_table(rows)}", flush=True)
             log[split] = rows
             if split == "heldout":
-                extra["heldout"] = {"rows": [{k: v for k, v in r.items() if k != "psnr_each"} for r in rows],
+                extra["heldout"] = {"rows": [{k: v for k, v in r.items() if not k.endswith("_each")} for r in rows],
                                     "bursts": len(bursts["names"]), "names": bursts["names"], "machine": machine(),
                                     "teacher_steps": args.eval_teacher_steps}
     save(half=bool(args.half), **extra)
@@ -257,6 +334,17 @@ def train(args) -> int:
     except ImportError as e:
         print(f"no loss curves ({e})")
     return 0
+
+
+def _as_stored(model, args, device):
+    """The model as the checkpoint will hold it: fp16-rounded weights (fp32 compute) with ``--half 1``."""
+    if not args.half:
+        return model
+    from burstkern.models import EBSRD
+
+    m = EBSRD(model.config).to(device)  # a copy of the config as it is now (a selected σ_τ included)
+    m.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    return m
 
 
 def plot_curves(losses, path: str) -> str:

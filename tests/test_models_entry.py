@@ -155,3 +155,20 @@ def test_teacher_clamp_option():
     assert on.abs().max().item() <= 1.0
     assert default.abs().max().item() > 1.0, "the test model must leave [-1, 1] for the clamp to matter"
     assert not torch.equal(on, default)
+
+
+def test_teacher_sigma_tau_option():
+    """EBSRD.teacher(sigma_tau=...) is the sampler's start level σ_max: None (default) and the config's value are the
+    shipped sampler bit for bit; another value is edm_heun_sampler with that σ_max."""
+    model = make_model()
+    b = burst(2)
+    with torch.no_grad(), burstkern.backend("reference"):
+        default = model.teacher(b, num_steps=2, generator=gen())
+        same = model.teacher(b, num_steps=2, generator=gen(), sigma_tau=model.config.sigma_tau)
+        other = model.teacher(b, num_steps=2, generator=gen(), sigma_tau=0.25)
+        x_init, cond = model.initial(b)
+        direct = edm_heun_sampler(lambda x, c: model.denoiser(x, c, cond), x_init, num_steps=2,
+                                  sigma_min=model.config.teacher_sigma_min, sigma_max=0.25, start="early",
+                                  sigma_data=model.config.sigma_data, generator=gen())
+    assert torch.equal(default, same) and torch.equal(other, direct) and not torch.equal(default, other)
+    assert model.config.sigma_tau == 0.03

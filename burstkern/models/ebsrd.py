@@ -1,7 +1,8 @@
 """The E-BSRD pipeline: burst encoder → x_init → (x_τ → EDM Heun teacher) or (consistency one-step student).
 
 Images in the diffusion part live in [-1, 1] (``x = 2·rgb − 1``), as in E-BSRD: the student's one-step output is
-``clamp(f(x_init + 0.03·ε, 0.03), −1, 1)``. The encoder's fused features condition every U-Net block through
+``clamp(f(x_init + σ_τ·ε, σ_τ), −1, 1)`` with σ_τ the config's inference level ``start_sigma`` (E-BSRD's 0.03, the
+training level ``sigma_tau``, unless ``inference_sigma_tau`` was selected on the validation split). The encoder's fused features condition every U-Net block through
 SPADE norms. No backend argument anywhere: the active burstkern backend decides which kernels run.
 
 Presets: ``tiny`` (CPU-friendly, trains in minutes), ``paper`` (128-channel U-Net, 8-frame bursts, 384² output).
@@ -42,7 +43,10 @@ class EBSRDConfig:
     num_groups: int = 32
     spade_hidden: int = 128
     sigma_data: float = 0.5
-    sigma_tau: float = 0.03      # E-BSRD's start noise level (sigma_max of the early-started sampler)
+    sigma_tau: float = 0.03      # E-BSRD's start noise level (sigma_max of the early-started sampler); training σ
+    # the inference start level of one_step / teacher / forward when set (python/train_ebsrd.py selects it on the
+    # validation split after stage 3); None: sigma_tau. Training (stages 2 and 3) always uses sigma_tau.
+    inference_sigma_tau: Optional[float] = None
     teacher_sigma_min: float = 1e-8
     teacher_steps: int = 40
     cm_sigma_min: float = 0.002
@@ -51,6 +55,11 @@ class EBSRDConfig:
     # "reference" (the interpolated reference frame = the aligned single-frame baseline) or "none" (head alone)
     init_base: str = "merge"
     extra: dict = field(default_factory=dict)
+
+    @property
+    def start_sigma(self) -> float:
+        """The inference start noise level σ_τ: ``inference_sigma_tau`` if set, else ``sigma_tau``."""
+        return self.sigma_tau if self.inference_sigma_tau is None else float(self.inference_sigma_tau)
 
 
 CHECKPOINT_FORMAT = "burstkern.ebsrd/1"
@@ -64,6 +73,8 @@ _INT_RANGES = {"burst_size": (1, 64), "enc_ch": (1, 1024), "enc_blocks": (0, 64)
                "teacher_steps": (1, 10_000)}
 _FLOAT_RANGES = {"sigma_data": (1e-6, 1e3), "sigma_tau": (1e-8, 1e3), "teacher_sigma_min": (0.0, 1.0),
                  "cm_sigma_min": (0.0, 1.0)}
+# fields a checkpoint may lack (written before they existed), with the value such a checkpoint means
+_OPTIONAL_FIELDS = {"inference_sigma_tau": None}
 
 
 TRAINING_API = ("burstkern.train: initial_loss (x_init, through EBSRD.initial, which is differentiable), "
@@ -112,12 +123,19 @@ def config_from_dict(d, source: str = "config") -> EBSRDConfig:
         raise CheckpointError(f"{source}: the config must be a dict, got {type(d).__name__}")
     names = [f.name for f in dataclasses.fields(EBSRDConfig)]
     unknown = sorted(set(d) - set(names), key=str)
-    missing = [n for n in names if n not in d]
+    missing = [n for n in names if n not in d and n not in _OPTIONAL_FIELDS]
     if unknown:
         raise CheckpointError(f"{source}: unknown config field(s) {', '.join(map(repr, unknown))}")
     if missing:
         raise CheckpointError(f"{source}: missing config field(s) {', '.join(map(repr, missing))}")
-    v = dict(d)
+    v = {**_OPTIONAL_FIELDS, **d}
+    s = v["inference_sigma_tau"]
+    if s is not None:
+        lo, hi = _FLOAT_RANGES["sigma_tau"]
+        if not isinstance(s, (int, float)) or isinstance(s, bool) or not math.isfinite(s) or not lo <= s <= hi:
+            raise CheckpointError(f"{source}: config field 'inference_sigma_tau' must be null or a number in "
+                                  f"[{lo}, {hi}], got {s!r}")
+        v["inference_sigma_tau"] = float(s)
     for k, (lo, hi) in _INT_RANGES.items():
         if not isinstance(v[k], int) or isinstance(v[k], bool) or not lo <= v[k] <= hi:
             raise CheckpointError(f"{source}: config field {k!r} must be an int in [{lo}, {hi}], got {v[k]!r}")
@@ -346,8 +364,14 @@ class EBSRD(nn.Module):
         return lambda x_in, c_noise: net(x_in, c_noise, cond)
 
     def teacher(self, burst: torch.Tensor, num_steps: Optional[int] = None, generator=None, clamp=None,
-                **sampler_kw):
+                sigma_tau: Optional[float] = None, **sampler_kw):
         """EDM Heun sampling from x_τ = x_init + σ_τ·ε (early-step start), as E-BSRD's teacher.
+
+        ``sigma_tau``: the start noise level σ_τ (the sampler's σ_max); ``None`` (default) is the config's
+        inference level :attr:`EBSRDConfig.start_sigma` (``inference_sigma_tau``, selected on the validation split
+        by python/train_ebsrd.py, else the training ``sigma_tau``). Another value only explores the sampler (e.g.
+        the perception–distortion trade-off); the shipped numbers were measured at the default. The one-step
+        student's counterpart is :meth:`one_step`'s ``sigmas=(σ,)``.
 
         ``clamp``: ``None`` (default) samples with EDM's unclamped Heun steps, so the result is in [-1, 1] only
         approximately (it may overshoot slightly; convert with ``((x + 1) / 2).clamp(0, 1)``) — the sampler the
@@ -360,12 +384,15 @@ class EBSRD(nn.Module):
         with nvtx_range("sample"):
             steps = cfg.teacher_steps if num_steps is None else num_steps  # 0 is an error, not "the default"
             out = edm_heun_sampler(self._raw(self.denoiser, cond), x_init, num_steps=steps,
-                                   sigma_min=cfg.teacher_sigma_min, sigma_max=cfg.sigma_tau, start="early",
+                                   sigma_min=cfg.teacher_sigma_min,
+                                   sigma_max=cfg.start_sigma if sigma_tau is None else float(sigma_tau), start="early",
                                    sigma_data=cfg.sigma_data, generator=generator, clamp=clamp, **sampler_kw)
         return self._inference_output(out, burst)
 
     def one_step(self, burst: torch.Tensor, generator=None, sigmas=None) -> torch.Tensor:
         """The consistency student: ``clamp(f(x_init + σ_τ·ε, σ_τ), −1, 1)`` (multistep with more ``sigmas``).
+
+        σ_τ is the config's inference level :attr:`EBSRDConfig.start_sigma` unless ``sigmas`` is given.
 
         Inference only, like :meth:`forward` and :meth:`teacher`: the sampler runs without autograd, and
         ``.backward()`` through the output raises an error naming the training losses of ``burstkern.train``.
@@ -374,7 +401,7 @@ class EBSRD(nn.Module):
         net = self.student if self.student is not None else self.denoiser
         x_init, cond = self.initial(burst)
         with nvtx_range("sample"):
-            out = consistency_sample(self._raw(net, cond), x_init, sigmas=sigmas or (cfg.sigma_tau,),
+            out = consistency_sample(self._raw(net, cond), x_init, sigmas=sigmas or (cfg.start_sigma,),
                                      sigma_min=cfg.cm_sigma_min, sigma_data=cfg.sigma_data, clamp=1.0,
                                      generator=generator)
         return self._inference_output(out, burst)
