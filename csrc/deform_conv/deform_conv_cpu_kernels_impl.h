@@ -714,6 +714,18 @@ void forward_impl(const Geo& g, const at::Tensor& input, const at::Tensor& offse
             cpu_gemm::mm(out, mat(wg, g.cout_g, g.KCg, g.KCg, 1), mat(colT + gr * g.KCg, g.KCg, pb, 1, g.KC), 0.0f);
           }
         }
+        if (!cl && ysh == g.Wo * ysw) {
+          // NCHW: row by row of ob, so each output channel's pixels are written in one run. Why not pixel by
+          // pixel: the Cout writes of a pixel are Ho·Wo elements apart, a multiple of 4 KiB at 128² bf16, which
+          // maps them all to one L1 set (measured: og1 N1 C64 128² bf16 forward 28 ms against 13 ms in fp32)
+          for (int64_t co = 0; co < g.Cout; ++co) {
+            const A b = bv[static_cast<size_t>(co)];
+            const A* src = ob + co * pb;
+            T* yrow = yn + co * ysc + p0 * ysw;
+            for (int64_t q = 0; q < pb; ++q) yrow[q * ysw] = static_cast<T>(src[q] + b);
+          }
+          continue;
+        }
         int64_t ho = p0 / g.Wo, wo = p0 % g.Wo;
         for (int64_t q = 0; q < pb; ++q) {
           T* yq = yn + ho * ysh + wo * ysw;
