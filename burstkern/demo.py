@@ -27,6 +27,7 @@ import contextlib
 import os
 import sys
 import time
+import warnings
 from typing import Dict, List, Optional
 
 import torch
@@ -239,7 +240,9 @@ def save_figure(path: str, frames: Tensor, images: Dict[str, Tensor], psnrs: Dic
         mark_inset(ax, ins, loc1=2, loc2=4, fc="none", ec="red", lw=0.8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    with warnings.catch_warnings():  # the zoom insets are not tight_layout axes: it lays out the panels, warns of them
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
