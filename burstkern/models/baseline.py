@@ -66,14 +66,16 @@ def upsample_true_phase(img: Tensor, factor: int = 4) -> Tensor:
     if factor == 1:
         return img
 
-    def coords(n_lr: int) -> Tensor:
-        p = torch.arange(factor * n_lr, dtype=torch.float32, device=img.device) / factor  # LR coordinate
-        return 2.0 * p / max(n_lr - 1, 1) - 1.0                                            # align_corners=True
+    def lr_pos(n_lr: int, dtype: torch.dtype) -> Tensor:  # the LR coordinate of every HR pixel
+        return torch.arange(factor * n_lr, dtype=dtype, device=img.device) / factor
 
     if separable_applies(x):  # the same bicubic taps as grid_sample below, as two GEMMs (burstkern.nn.resample)
-        p = torch.arange(factor * max(h, w), dtype=torch.float64, device=img.device) / factor
-        out = resample_separable(x, cubic_matrix(p[:factor * h], h), cubic_matrix(p[:factor * w], w))
-        return out.reshape(*lead, c, factor * h, factor * w)
+        wy, wx = (cubic_matrix(lr_pos(n, torch.float64), n) for n in (h, w))
+        return resample_separable(x, wy, wx).reshape(*lead, c, factor * h, factor * w)
+
+    def coords(n_lr: int) -> Tensor:
+        return 2.0 * lr_pos(n_lr, torch.float32) / max(n_lr - 1, 1) - 1.0  # align_corners=True
+
     gy, gx = coords(h), coords(w)
     grid = torch.stack((gx[None, :].expand(len(gy), -1), gy[:, None].expand(-1, len(gx))), dim=-1)
     grid = grid[None].expand(x.shape[0], -1, -1, -1).to(x.dtype)

@@ -37,7 +37,7 @@ def timestep_features(c_noise: torch.Tensor, dim: int, max_period: float = 10000
 
 
 class PointwiseConv(nn.Conv2d):
-    """A 1x1 ``nn.Conv2d`` (same parameters and state dict) that, at inference on channels_last CPU tensors, runs
+    """A 1x1 ``nn.Conv2d`` (same parameters and state dict) that, on channels_last CPU tensors in eager mode, runs
     as one GEMM over the pixels. Why: ATen sends a 1x1 convolution of a batch below 16 at one thread to its
     unblocked ``_slow_conv2d_forward`` instead of oneDNN (ConvUtils ``use_mkldnn``); measured 15 ms for the five
     skip convs of one EBSRD("tiny") one-step call, 3% of it. Differentiable (a linear layer), so training and

@@ -89,11 +89,10 @@ inline void mm(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b, 
     }
   }
 #endif
+  at::Tensor o = out;  // the _out functions take a non-const reference
   if (beta != 0.0f) {
-    at::Tensor o = out;
     at::addmm_out(o, out, a, b);
   } else {
-    at::Tensor o = out;
     at::mm_out(o, a, b);
   }
 }
